@@ -1,0 +1,65 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "TokenTLS",
+    products: [
+        .library(name: "TokenTLS", targets: ["TokenTLS"]),
+        .library(name: "TokenStore", targets: ["TokenStore"]),
+        .library(name: "PKCS11", targets: ["PKCS11"]),
+        .executable(name: "tokentls", targets: ["tokentls"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CP11Kit",
+            pkgConfig: "p11-kit-1",
+            providers: [.apt(["libp11-kit-dev"])]
+        ),
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        .target(
+            name: "CShims",
+            dependencies: ["COpenSSL", "CCurl"]
+        ),
+        .target(
+            name: "CTokenProvider",
+            dependencies: ["COpenSSL"]
+        ),
+        .target(
+            name: "PKCS11",
+            dependencies: ["CP11Kit"]
+        ),
+        .target(
+            name: "TokenStore",
+            dependencies: ["PKCS11", "COpenSSL", "CShims"]
+        ),
+        .target(
+            name: "TokenTLS",
+            dependencies: ["TokenStore", "PKCS11", "COpenSSL", "CCurl", "CShims", "CTokenProvider"]
+        ),
+        .executableTarget(
+            name: "tokentls",
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11"]
+        ),
+        .testTarget(
+            name: "PKCS11Tests",
+            dependencies: ["PKCS11"]
+        ),
+        .testTarget(
+            name: "TokenStoreTests",
+            dependencies: ["TokenStore", "PKCS11", "COpenSSL", "CShims"]
+        ),
+        .testTarget(
+            name: "TokenTLSTests",
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "COpenSSL", "CTokenProvider"]
+        ),
+    ]
+)

@@ -1,0 +1,116 @@
+#include "shims.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+void tokentls_openssl_free(void *pointer) { OPENSSL_free(pointer); }
+
+long tokentls_bio_get_mem_data(BIO *bio, char **data) { return BIO_get_mem_data(bio, data); }
+
+int tokentls_x509_stack_count(const STACK_OF(X509) *stack) { return stack == NULL ? 0 : sk_X509_num(stack); }
+
+X509 *tokentls_x509_stack_value(const STACK_OF(X509) *stack, int index) { return sk_X509_value(stack, index); }
+
+STACK_OF(X509) *tokentls_x509_stack_new(void) { return sk_X509_new_null(); }
+
+int tokentls_x509_stack_push(STACK_OF(X509) *stack, X509 *certificate) {
+    return sk_X509_push(stack, certificate) > 0;
+}
+
+void tokentls_x509_stack_free_all(STACK_OF(X509) *stack) { sk_X509_pop_free(stack, X509_free); }
+
+char *tokentls_x509_name_string(const X509_NAME *name) {
+    const unsigned long flags = (ASN1_STRFLGS_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) | XN_FLAG_SEP_CPLUS_SPC
+                                | XN_FLAG_DN_REV | XN_FLAG_FN_SN;
+    BIO *bio = BIO_new(BIO_s_mem());
+    if (bio == NULL)
+        return NULL;
+    char *result = NULL;
+    if (X509_NAME_print_ex(bio, name, 0, flags) >= 0) {
+        char *data = NULL;
+        long length = BIO_get_mem_data(bio, &data);
+        result = OPENSSL_malloc((size_t)length + 1);
+        if (result != NULL) {
+            memcpy(result, data, (size_t)length);
+            result[length] = '\0';
+        }
+    }
+    BIO_free(bio);
+    return result;
+}
+
+int tokentls_ssl_ctx_set_min_proto_version(SSL_CTX *context, int version) {
+    return (int)SSL_CTX_set_min_proto_version(context, version);
+}
+
+int tokentls_ssl_ctx_set_max_proto_version(SSL_CTX *context, int version) {
+    return (int)SSL_CTX_set_max_proto_version(context, version);
+}
+
+int tokentls_ssl_ctx_set1_client_sigalgs_list(SSL_CTX *context, const char *list) {
+    return (int)SSL_CTX_set1_client_sigalgs_list(context, list);
+}
+
+int tokentls_ssl_ctx_add1_chain_cert(SSL_CTX *context, X509 *certificate) {
+    return (int)SSL_CTX_add1_chain_cert(context, certificate);
+}
+
+int tokentls_ssl_ctx_clear_chain_certs(SSL_CTX *context) { return (int)SSL_CTX_clear_chain_certs(context); }
+
+int tokentls_ssl_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+
+int tokentls_ssl_get_peer_signature_type_nid(const SSL *ssl, int *nid) {
+    return SSL_get_peer_signature_type_nid(ssl, nid);
+}
+
+int tokentls_evp_pkey_keypair_selection(void) { return EVP_PKEY_KEYPAIR; }
+
+int tokentls_evp_pkey_public_key_selection(void) { return EVP_PKEY_PUBLIC_KEY; }
+
+CURLcode tokentls_curl_setopt_long(CURL *handle, CURLoption option, long value) {
+    return curl_easy_setopt(handle, option, value);
+}
+
+CURLcode tokentls_curl_setopt_pointer(CURL *handle, CURLoption option, void *value) {
+    return curl_easy_setopt(handle, option, value);
+}
+
+CURLcode tokentls_curl_setopt_string(CURL *handle, CURLoption option, const char *value) {
+    return curl_easy_setopt(handle, option, value);
+}
+
+CURLcode tokentls_curl_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value) {
+    return curl_easy_setopt(handle, option, value);
+}
+
+CURLcode tokentls_curl_setopt_write_function(CURL *handle, size_t (*function)(char *, size_t, size_t, void *)) {
+    return curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, function);
+}
+
+CURLcode tokentls_curl_setopt_header_function(CURL *handle, size_t (*function)(char *, size_t, size_t, void *)) {
+    return curl_easy_setopt(handle, CURLOPT_HEADERFUNCTION, function);
+}
+
+CURLcode tokentls_curl_setopt_ssl_ctx_function(CURL *handle, CURLcode (*function)(CURL *, void *, void *)) {
+    return curl_easy_setopt(handle, CURLOPT_SSL_CTX_FUNCTION, function);
+}
+
+CURLcode tokentls_curl_setopt_debug_function(CURL *handle,
+                                             int (*function)(CURL *, curl_infotype, char *, size_t, void *)) {
+    return curl_easy_setopt(handle, CURLOPT_DEBUGFUNCTION, function);
+}
+
+CURLcode tokentls_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
+    return curl_easy_getinfo(handle, info, value);
+}
+
+CURLcode tokentls_curl_getinfo_string(CURL *handle, CURLINFO info, const char **value) {
+    return curl_easy_getinfo(handle, info, value);
+}
+
+CURLcode tokentls_curl_getinfo_pointer(CURL *handle, CURLINFO info, void **value) {
+    return curl_easy_getinfo(handle, info, value);
+}
