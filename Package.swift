@@ -39,15 +39,15 @@ let package = Package(
         ),
         .target(
             name: "TokenStore",
-            dependencies: ["PKCS11", "COpenSSL", "CShims"]
+            dependencies: ["PKCS11", "CP11Kit", "COpenSSL", "CShims"]
         ),
         .target(
             name: "TokenTLS",
-            dependencies: ["TokenStore", "PKCS11", "COpenSSL", "CCurl", "CShims", "CTokenProvider"]
+            dependencies: ["TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CCurl", "CShims", "CTokenProvider"]
         ),
         .executableTarget(
             name: "tokentls",
-            dependencies: ["TokenTLS", "TokenStore", "PKCS11"]
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL"]
         ),
         .testTarget(
             name: "PKCS11Tests",
@@ -55,11 +55,11 @@ let package = Package(
         ),
         .testTarget(
             name: "TokenStoreTests",
-            dependencies: ["TokenStore", "PKCS11", "COpenSSL", "CShims"]
+            dependencies: ["TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims"]
         ),
         .testTarget(
             name: "TokenTLSTests",
-            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "COpenSSL", "CTokenProvider"]
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "CTokenProvider"]
         ),
     ]
 )

@@ -188,3 +188,30 @@ func paddedString<T>(_ field: T) -> String {
         return String(decoding: data, as: UTF8.self)
     }
 }
+
+extension Module {
+    /// Initialises the token in `slot` with `label` (at most 32 bytes of UTF-8) and the
+    /// security officer PIN, then sets the user PIN. Returns the token as it is found
+    /// afterwards, by label, because some modules move it to another slot id.
+    public func initializeToken(inSlot slot: UInt, label: String, securityOfficerPIN: SecretBytes, userPIN: SecretBytes) throws -> Token {
+        let labelBytes = Array(label.utf8)
+        guard !labelBytes.isEmpty, labelBytes.count <= 32 else {
+            throw PKCS11Error(
+                kind: .tokenNotFound, context: "invalid token label \"\(label)\": it must be 1 to 32 bytes of UTF-8 text")
+        }
+        var padded = [UInt8](repeating: 0x20, count: 32)
+        padded.replaceSubrange(0..<labelBytes.count, with: labelBytes)
+        try securityOfficerPIN.withUnsafeBytes { pin in
+            let pointer = UnsafeMutablePointer(mutating: pin.bindMemory(to: UInt8.self).baseAddress)
+            try call("C_InitToken", \.C_InitToken, context: "slot \(slot)") {
+                $0(CK_SLOT_ID(slot), pointer, CK_ULONG(pin.count), &padded)
+            }
+        }
+        let token = try findToken(TokenSelector(label: label))
+        let session = try token.openSession()
+        try session.loginSecurityOfficer(pin: securityOfficerPIN)
+        try session.initializeUserPIN(userPIN)
+        try session.logout()
+        return try findToken(TokenSelector(label: label))
+    }
+}

@@ -1,1 +1,61 @@
-print("tokentls")
+import Foundation
+import PKCS11
+import TokenStore
+
+let output = Output()
+let arguments = Array(CommandLine.arguments.dropFirst())
+
+let usage = """
+    usage: tokentls COMMAND [OPTIONS]
+
+    Identities (certificate + private key kept in a PKCS#11 token):
+      import-pfx FILE [--exportable] [--label NAME] [--password-file FILE]
+      list [--json]
+      remove THUMBPRINT
+      export-pfx THUMBPRINT --out FILE [--password-file FILE]
+    Tokens:
+      token init --label LABEL [--so-pin-file FILE]
+      token list [--json]
+    Other:
+      version | --version
+      help | --help
+
+    Options for every token command:
+      --module PATH     PKCS#11 module (env TOKENTLS_MODULE; default \(Module.defaultPath))
+      --token LABEL     token label or pkcs11: URI (env TOKENTLS_TOKEN; default: the only token)
+      --pin-file FILE   read the user PIN from the first line of FILE (else env TOKENTLS_PIN,
+                        else a prompt on the terminal)
+    PFX passwords come from env TOKENTLS_PFX_PASSWORD, --password-file or a prompt.
+    Set TOKENTLS_TRACE=1 to trace PKCS#11 calls (names and results only) on standard error.
+    """
+
+func run() throws {
+    guard let command = arguments.first else {
+        output.diagnostic(usage)
+        throw CommandError(.usage, "missing command")
+    }
+    let rest = Array(arguments.dropFirst())
+    switch command {
+    case "import-pfx": try IdentityCommands.importPFX(rest, output: output)
+    case "list": try IdentityCommands.list(rest, output: output)
+    case "remove": try IdentityCommands.remove(rest, output: output)
+    case "export-pfx": try IdentityCommands.exportPFX(rest, output: output)
+    case "token": try TokenCommands.run(rest, output: output)
+    case "version", "--version": try VersionCommand.run(rest, output: output)
+    case "help", "--help", "-h": output.line(usage)
+    default: throw UsageError("unknown command '\(command)': see 'tokentls help'")
+    }
+}
+
+var status: Int32 = 0
+do {
+    try run()
+} catch {
+    let failure = CommandError.from(error)
+    output.diagnostic("tokentls: error: \(failure.description)")
+    status = failure.status.rawValue
+}
+// Finalise PKCS#11 modules before exit: SoftHSM uses OpenSSL itself and can crash in
+// OpenSSL's exit-time cleanup while it is still initialised.
+Module.finalizeAll()
+exit(status)

@@ -1,0 +1,87 @@
+import Foundation
+import PKCS11
+
+/// Reads PINs and passwords from the environment, a file or the terminal, never from argv.
+enum SecretInput {
+    /// Reads a secret, trying in order: the environment variable `variable` (removed
+    /// from this process's environment once read), the file `file`, then a prompt on
+    /// the terminal without echo.
+    ///
+    /// `allowAbsent` returns nil instead of prompting when neither the variable nor
+    /// the file is set and no terminal is present (a password-less PFX).
+    static func read(variable: String, file: String?, prompt: String, what: String, fileOption: String) throws -> SecretBytes {
+        if let value = getenv(variable) {
+            let secret = SecretBytes(copying: UnsafeRawBufferPointer(start: value, count: strlen(value)))
+            unsetenv(variable)
+            return secret
+        }
+        if let file {
+            return try readFile(file, what: what, fileOption: fileOption)
+        }
+        guard let secret = try promptTerminal(prompt) else {
+            throw CommandError(
+                .usage, "no \(what) given and no terminal to ask on: set \(variable) or use \(fileOption) FILE")
+        }
+        return secret
+    }
+
+    /// Reads the first line of `path` into wiped storage; the line break is not part of it.
+    static func readFile(_ path: String, what: String, fileOption: String) throws -> SecretBytes {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw CommandError(.usage, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        let capacity = 4096
+        let raw = try SecretBytes(count: capacity) { buffer in
+            var total = 0
+            while total < capacity {
+                let count = Foundation.read(descriptor, buffer.baseAddress! + total, capacity - total)
+                if count < 0 {
+                    throw CommandError(.usage, "cannot read the \(what) file \(path): \(String(cString: strerror(errno)))")
+                }
+                if count == 0 { break }
+                total += count
+            }
+        }
+        return raw.withUnsafeBytes { bytes in
+            var length = 0
+            while length < bytes.count, bytes[length] != 0x0A, bytes[length] != 0x0D, bytes[length] != 0 {
+                length += 1
+            }
+            return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: bytes[0..<length]))
+        }
+    }
+
+    /// Asks on `/dev/tty` with echo off. Returns nil when there is no terminal.
+    static func promptTerminal(_ prompt: String) throws -> SecretBytes? {
+        let terminal = open("/dev/tty", O_RDWR | O_CLOEXEC)
+        guard terminal >= 0 else {
+            return nil
+        }
+        defer { close(terminal) }
+        _ = prompt.withCString { write(terminal, $0, strlen($0)) }
+        var original = termios()
+        let hasAttributes = tcgetattr(terminal, &original) == 0
+        if hasAttributes {
+            var silent = original
+            silent.c_lflag &= ~tcflag_t(ECHO)
+            tcsetattr(terminal, TCSAFLUSH, &silent)
+        }
+        defer {
+            if hasAttributes { tcsetattr(terminal, TCSAFLUSH, &original) }
+            _ = write(terminal, "\n", 1)
+        }
+        let capacity = 1024
+        var length = 0
+        let raw = SecretBytes(count: capacity) { buffer in
+            var byte: UInt8 = 0
+            while length < capacity, Foundation.read(terminal, &byte, 1) == 1, byte != 0x0A, byte != 0x0D {
+                buffer[length] = byte
+                length += 1
+            }
+            byte = 0
+        }
+        return raw.withUnsafeBytes { SecretBytes(copying: UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+    }
+}
