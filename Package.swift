@@ -49,17 +49,22 @@ let package = Package(
             name: "tokentls",
             dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL"]
         ),
+        .target(
+            name: "TestSupport",
+            dependencies: ["TokenStore", "PKCS11"],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "PKCS11Tests",
             dependencies: ["PKCS11"]
         ),
         .testTarget(
             name: "TokenStoreTests",
-            dependencies: ["TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims"]
+            dependencies: ["TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "TestSupport"]
         ),
         .testTarget(
             name: "TokenTLSTests",
-            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "CTokenProvider"]
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "CTokenProvider", "TestSupport"]
         ),
     ]
 )

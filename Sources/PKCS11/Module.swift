@@ -60,7 +60,8 @@ public final class Module: @unchecked Sendable {
             let reason = p11_kit_message().map { String(cString: $0) } ?? "unknown reason"
             throw PKCS11Error(
                 kind: .moduleLoad,
-                context: "\(path) is not a loadable PKCS#11 module (\(reason)): set --module or TOKENTLS_MODULE to a PKCS#11 module")
+                context:
+                    "\(path) is not a loadable PKCS#11 module (\(reason)): set --module or TOKENTLS_MODULE to a PKCS#11 module")
         }
         functions = list
 
@@ -193,7 +194,9 @@ extension Module {
     /// Initialises the token in `slot` with `label` (at most 32 bytes of UTF-8) and the
     /// security officer PIN, then sets the user PIN. Returns the token as it is found
     /// afterwards, by label, because some modules move it to another slot id.
-    public func initializeToken(inSlot slot: UInt, label: String, securityOfficerPIN: SecretBytes, userPIN: SecretBytes) throws -> Token {
+    public func initializeToken(inSlot slot: UInt, label: String, securityOfficerPIN: SecretBytes, userPIN: SecretBytes) throws
+        -> Token
+    {
         let labelBytes = Array(label.utf8)
         guard !labelBytes.isEmpty, labelBytes.count <= 32 else {
             throw PKCS11Error(

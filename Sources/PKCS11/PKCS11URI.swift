@@ -52,10 +52,20 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
             let reason = p11_kit_uri_message(code).map { String(cString: $0) } ?? "code \(code)"
             throw PKCS11Error(kind: .invalidURI, context: "invalid PKCS#11 URI \"\(text)\": \(reason.lowercased())")
         }
+        if p11_kit_uri_any_unrecognized(uri) != 0 {
+            throw PKCS11Error(
+                kind: .invalidURI,
+                context:
+                    "invalid PKCS#11 URI \"\(text)\": it contains an attribute TokenTLS does not know; check the spelling against RFC 7512"
+            )
+        }
+        try PKCS11URI.checkType(text)
         if p11_kit_uri_get_pin_value(uri) != nil {
             throw PKCS11Error(
                 kind: .invalidURI,
-                context: "PKCS#11 URIs with pin-value are not accepted: remove pin-value and give the PIN through TOKENTLS_PIN, --pin-file or the prompt")
+                context:
+                    "PKCS#11 URIs with pin-value are not accepted: remove pin-value and give the PIN through TOKENTLS_PIN, --pin-file or the prompt"
+            )
         }
 
         if let info = p11_kit_uri_get_token_info(uri) {
@@ -83,6 +93,21 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         }
         modulePath = p11_kit_uri_get_module_path(uri).map { String(cString: $0) }
         pinSource = p11_kit_uri_get_pin_source(uri).map { String(cString: $0) }
+    }
+
+    /// Rejects a `type` value that p11-kit would skip silently.
+    private static func checkType(_ text: String) throws {
+        let path = text.dropFirst("pkcs11:".count).split(separator: "?", maxSplits: 1).first ?? ""
+        for attribute in path.split(separator: ";") where attribute.lowercased().hasPrefix("type=") {
+            let value = String(attribute.dropFirst("type=".count))
+            guard ObjectClass(rawValue: value) != nil else {
+                throw PKCS11Error(
+                    kind: .invalidURI,
+                    context:
+                        "invalid PKCS#11 URI \"\(text)\": unknown object type \"\(value)\"; use cert, private, public, secret-key or data"
+                )
+            }
+        }
     }
 
     /// The token part as a selector.

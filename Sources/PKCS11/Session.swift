@@ -138,7 +138,8 @@ public final class Session: @unchecked Sendable {
         }
         let unavailable = CK_ULONG(bitPattern: -1)
         var buffers: [UnsafeMutableRawPointer?] = template.map { attribute in
-            attribute.ulValueLen == unavailable ? nil : UnsafeMutableRawPointer.allocate(byteCount: max(Int(attribute.ulValueLen), 1), alignment: 8)
+            attribute.ulValueLen == unavailable
+                ? nil : UnsafeMutableRawPointer.allocate(byteCount: max(Int(attribute.ulValueLen), 1), alignment: 8)
         }
         defer {
             for (index, buffer) in buffers.enumerated() {
@@ -212,7 +213,9 @@ public final class Session: @unchecked Sendable {
             try withTemplate(publicTemplate) { publicAttributes, publicCount in
                 try withTemplate(privateTemplate) { privateAttributes, privateCount in
                     try module.call("C_GenerateKeyPair", \.C_GenerateKeyPair, context: token.description) {
-                        $0(handle, pointer, publicAttributes, publicCount, privateAttributes, privateCount, &publicKey, &privateKey)
+                        $0(
+                            handle, pointer, publicAttributes, publicCount, privateAttributes, privateCount, &publicKey,
+                            &privateKey)
                     }
                 }
             }

@@ -47,7 +47,8 @@ public enum PFX {
         guard let pkcs12 = parsed else {
             throw TokenStoreError(
                 .invalidPFX,
-                "\(source) is not a valid PFX (PKCS#12) file: it is truncated or in another format; export the identity again as a .pfx/.p12 file")
+                "\(source) is not a valid PFX (PKCS#12) file: it is truncated or in another format; export the identity again as a .pfx/.p12 file"
+            )
         }
         defer { PKCS12_free(pkcs12) }
 
@@ -63,7 +64,8 @@ public enum PFX {
             if queue.contains("unsupported") {
                 throw TokenStoreError(
                     .invalidPFX,
-                    "cannot decode \(source): it uses an encryption algorithm that OpenSSL does not support (\(queue)); export it again with AES-256 or 3DES")
+                    "cannot decode \(source): it uses an encryption algorithm that OpenSSL does not support (\(queue)); export it again with AES-256 or 3DES"
+                )
             }
             if queue.contains("decrypt") || queue.contains("bad decrypt") {
                 throw TokenStoreError(

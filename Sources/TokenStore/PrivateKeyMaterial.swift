@@ -66,7 +66,8 @@ public final class PrivateKeyMaterial: Sendable {
             guard bits >= minimumRSABits else {
                 throw TokenStoreError(
                     .unsupportedKey,
-                    "unsupported key in \(source): RSA \(bits) bits is too small; TokenTLS imports RSA keys of \(minimumRSABits) bits or more")
+                    "unsupported key in \(source): RSA \(bits) bits is too small; TokenTLS imports RSA keys of \(minimumRSABits) bits or more"
+                )
             }
             let rsa = RSAComponents(
                 modulus: try bigNumber(key, "n", source: source),
@@ -85,7 +86,8 @@ public final class PrivateKeyMaterial: Sendable {
             guard EVP_PKEY_get_utf8_string_param(key, "group", &name, name.count, &nameLength) == 1 else {
                 throw TokenStoreError(
                     .unsupportedKey,
-                    "unsupported key in \(source): the EC key has explicit curve parameters; TokenTLS imports keys on the named curves P-256, P-384 and P-521")
+                    "unsupported key in \(source): the EC key has explicit curve parameters; TokenTLS imports keys on the named curves P-256, P-384 and P-521"
+                )
             }
             let group = String(cString: name)
             guard let curve = curves.first(where: { $0.group == group }) else {
@@ -100,20 +102,25 @@ public final class PrivateKeyMaterial: Sendable {
             guard EVP_PKEY_get_octet_string_param(key, "encoded-pub-key", &point, point.count, &pointLength) == 1 else {
                 throw TokenStoreError(.openSSL, "reading the EC public key from \(source) failed: \(OpenSSLErrorQueue.drain())")
             }
-            let ec = ECComponents(parameters: curve.oid, privateValue: privateValue, publicPoint: Array(point.prefix(pointLength)))
+            let ec = ECComponents(
+                parameters: curve.oid, privateValue: privateValue, publicPoint: Array(point.prefix(pointLength)))
             return PrivateKeyMaterial(components: .ec(ec))
         }
         let typeName = EVP_PKEY_get0_type_name(key).map { String(cString: $0) } ?? "unknown"
         throw TokenStoreError(
             .unsupportedKey,
-            "unsupported key type \(typeName) in \(source): TokenTLS imports RSA keys (2048 bits or more) and EC keys on P-256, P-384 and P-521")
+            "unsupported key type \(typeName) in \(source): TokenTLS imports RSA keys (2048 bits or more) and EC keys on P-256, P-384 and P-521"
+        )
     }
 
     /// Reads one BIGNUM parameter into wiped storage and clears OpenSSL's copy.
-    private static func bigNumber(_ key: OpaquePointer, _ name: String, source: String, padTo width: Int = 0) throws -> SecretBytes {
+    private static func bigNumber(_ key: OpaquePointer, _ name: String, source: String, padTo width: Int = 0) throws
+        -> SecretBytes
+    {
         var number: OpaquePointer?
         guard EVP_PKEY_get_bn_param(key, name, &number) == 1, let number else {
-            throw TokenStoreError(.unsupportedKey, "the private key in \(source) lacks its \(name) component: TokenTLS needs complete keys")
+            throw TokenStoreError(
+                .unsupportedKey, "the private key in \(source) lacks its \(name) component: TokenTLS needs complete keys")
         }
         defer { BN_clear_free(number) }
         let length = max(width, Int((BN_num_bits(number) + 7) / 8))

@@ -15,7 +15,8 @@ public struct StoreLocation: Sendable {
     /// embedded default: a private folder holding a SoftHSM configuration and its
     /// token folder, and points `SOFTHSM2_CONF` at it for this process. The
     /// system-wide `/var/lib/softhsm` is never used.
-    public static func resolve(modulePath: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) throws
+    public static func resolve(modulePath: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws
         -> StoreLocation
     {
         let path = modulePath ?? environment["TOKENTLS_MODULE"].flatMap { $0.isEmpty ? nil : $0 } ?? Module.defaultPath

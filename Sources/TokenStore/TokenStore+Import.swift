@@ -34,17 +34,19 @@ extension TokenStore {
             var created: [ObjectHandle] = []
             do {
                 if !hasPrivateKey {
-                    created.append(try session.createObject(privateKeyTemplate(contents, id: id, label: objectLabel, exportable: exportable)))
-                    ImportStepHook.reached("private key")
+                    created.append(
+                        try session.createObject(privateKeyTemplate(contents, id: id, label: objectLabel, exportable: exportable))
+                    )
+                    try ImportStepHook.reached("private key")
                 }
                 if !hasPublicKey {
                     created.append(try session.createObject(publicKeyTemplate(contents, id: id, label: objectLabel)))
-                    ImportStepHook.reached("public key")
+                    try ImportStepHook.reached("public key")
                 }
                 if existing == nil {
                     created.append(
                         try session.createObject(certificateTemplate(certificate, id: id, label: objectLabel, authority: false)))
-                    ImportStepHook.reached("certificate")
+                    try ImportStepHook.reached("certificate")
                 }
                 for authority in contents.chain {
                     let present = try !session.findObjects([
@@ -54,21 +56,24 @@ extension TokenStore {
                         let authorityLabel = TokenStore.commonName(authority) ?? authority.sha1Thumbprint
                         created.append(
                             try session.createObject(
-                                certificateTemplate(authority, id: authority.keyIdentifier, label: authorityLabel, authority: true)))
-                        ImportStepHook.reached("CA certificate")
+                                certificateTemplate(
+                                    authority, id: authority.keyIdentifier, label: authorityLabel, authority: true)))
+                        try ImportStepHook.reached("CA certificate")
                     }
                 }
             } catch {
                 for object in created.reversed() {
                     try? session.destroyObject(object)
                 }
-                if let error = error as? PKCS11Error {
-                    throw TokenStoreError(.token, "writing \(certificate.sha1Thumbprint) to \(token) failed, nothing was kept: \(error)", underlying: error)
-                }
-                throw error
+                let underlying = error as? PKCS11Error
+                throw TokenStoreError(
+                    .token, "writing \(certificate.sha1Thumbprint) to \(token) failed, nothing was kept: \(error)",
+                    underlying: underlying)
             }
             guard let identity = try readIdentities(session).first(where: { $0.certificate.der == certificate.der }) else {
-                throw TokenStoreError(.inconsistentToken, "the certificate \(certificate.sha1Thumbprint) was written but cannot be found in \(token)")
+                throw TokenStoreError(
+                    .inconsistentToken,
+                    "the certificate \(certificate.sha1Thumbprint) was written but cannot be found in \(token)")
             }
             return .imported(identity, createdObjects: created.count)
         }
@@ -179,22 +184,32 @@ extension TokenStore {
     }
 }
 
-/// A test hook that stops an import between two token writes.
+/// Test hooks between two token writes of an import. Unset, they do nothing.
 ///
-/// When `TOKENTLS_TEST_IMPORT_PAUSE` names a folder, the import writes a file named
-/// after each step into it and waits until that file is deleted, so a test can kill
-/// the process at a known point. Unset, it does nothing.
+/// `TOKENTLS_TEST_IMPORT_PAUSE` names a folder: the import writes a file named after
+/// each step into it and waits until that file is deleted, so a test can kill the
+/// process at a known point. `TOKENTLS_TEST_IMPORT_FAIL_AT` names a step (such as
+/// `certificate`) at which the import fails as if the token had refused the write.
 enum ImportStepHook {
-    static let folder = ProcessInfo.processInfo.environment["TOKENTLS_TEST_IMPORT_PAUSE"]
+    static let pauseFolder = ProcessInfo.processInfo.environment["TOKENTLS_TEST_IMPORT_PAUSE"]
+    static let failingStep = ProcessInfo.processInfo.environment["TOKENTLS_TEST_IMPORT_FAIL_AT"]
 
-    static func reached(_ step: String) {
-        guard let folder else {
-            return
+    struct InjectedFailure: Error, CustomStringConvertible {
+        let step: String
+        var description: String { "test failure injected after writing the \(step)" }
+    }
+
+    static func reached(_ step: String) throws {
+        let name = step.replacingOccurrences(of: " ", with: "-")
+        if let pauseFolder {
+            let marker = pauseFolder + "/" + name
+            _ = FileManager.default.createFile(atPath: marker, contents: nil)
+            while FileManager.default.fileExists(atPath: marker) {
+                usleep(10_000)
+            }
         }
-        let marker = folder + "/" + step.replacingOccurrences(of: " ", with: "-")
-        FileManager.default.createFile(atPath: marker, contents: nil)
-        while FileManager.default.fileExists(atPath: marker) {
-            usleep(10_000)
+        if failingStep == name {
+            throw InjectedFailure(step: step)
         }
     }
 }

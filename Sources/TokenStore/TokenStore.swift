@@ -25,12 +25,16 @@ public final class TokenStore: Sendable {
         switch error.returnValue {
         case UInt(CKR_PIN_INCORRECT):
             return TokenStoreError(
-                .token, "wrong PIN for \(token): check TOKENTLS_PIN, --pin-file or what you typed; repeated failures can lock the token",
+                .token,
+                "wrong PIN for \(token): check TOKENTLS_PIN, --pin-file or what you typed; repeated failures can lock the token",
                 underlying: error)
         case UInt(CKR_PIN_LOCKED):
-            return TokenStoreError(.token, "the user PIN of \(token) is locked: the security officer must reset it", underlying: error)
+            return TokenStoreError(
+                .token, "the user PIN of \(token) is locked: the security officer must reset it", underlying: error)
         case UInt(CKR_PIN_LEN_RANGE):
-            return TokenStoreError(.token, "the PIN for \(token) has a length the token does not accept (\(error.returnValueName))", underlying: error)
+            return TokenStoreError(
+                .token, "the PIN for \(token) has a length the token does not accept (\(error.returnValueName))",
+                underlying: error)
         default:
             return TokenStoreError(.token, "logging in to \(token) failed: \(error)", underlying: error)
         }
@@ -73,7 +77,8 @@ public final class TokenStore: Sendable {
         let text = hexString(wanted)
         guard let match = try identities().first(where: { $0.thumbprint == text }) else {
             throw TokenStoreError(
-                .identityNotFound, "no certificate with thumbprint \(text) in \(token): run 'tokentls list' to see the thumbprints")
+                .identityNotFound,
+                "no certificate with thumbprint \(text) in \(token): run 'tokentls list' to see the thumbprints")
         }
         return match
     }
@@ -82,7 +87,8 @@ public final class TokenStore: Sendable {
     public func identity(uri: PKCS11URI) throws -> Identity {
         guard uri.object != nil || uri.id != nil else {
             throw TokenStoreError(
-                .identityNotFound, "the URI \(uri) names no object: add object=LABEL or id=%XX... as 'tokentls list --json' shows")
+                .identityNotFound, "the URI \(uri) names no object: add object=LABEL or id=%XX... as 'tokentls list --json' shows"
+            )
         }
         let matches = try identities().filter { identity in
             (uri.object == nil || uri.object == identity.label) && (uri.id == nil || uri.id! == identity.id)
@@ -93,7 +99,8 @@ public final class TokenStore: Sendable {
         }
         if matches.isEmpty {
             throw TokenStoreError(
-                .identityNotFound, "no certificate with a private key matches \(uri) in \(token): run 'tokentls list --json' to see the URIs")
+                .identityNotFound,
+                "no certificate with a private key matches \(uri) in \(token): run 'tokentls list --json' to see the URIs")
         }
         throw TokenStoreError(
             .ambiguousIdentity, "\(matches.count) identities match \(uri) in \(token): add id= to the URI or use --thumbprint")
@@ -130,7 +137,9 @@ public final class TokenStore: Sendable {
                     certificateObject: object, privateKeyObject: key?.handle, publicKeyObject: publicKeys[id],
                     isExportable: key?.exportable, allowedMechanisms: key?.allowed ?? [], token: token))
         }
-        return identities.sorted { ($0.hasPrivateKey ? 0 : 1, $0.certificate.subject) < ($1.hasPrivateKey ? 0 : 1, $1.certificate.subject) }
+        return identities.sorted {
+            ($0.hasPrivateKey ? 0 : 1, $0.certificate.subject) < ($1.hasPrivateKey ? 0 : 1, $1.certificate.subject)
+        }
     }
 
     private static func mechanismList(_ bytes: [UInt8]?) -> Set<UInt> {
@@ -158,7 +167,8 @@ public final class TokenStore: Sendable {
                 do {
                     try session.destroyObject(object)
                 } catch let error as PKCS11Error {
-                    throw TokenStoreError(.token, "removing \(identity.thumbprint) from \(token) failed: \(error)", underlying: error)
+                    throw TokenStoreError(
+                        .token, "removing \(identity.thumbprint) from \(token) failed: \(error)", underlying: error)
                 }
             }
         }

@@ -12,7 +12,8 @@ struct TokenOptions {
 
     init(_ arguments: Arguments) {
         modulePath = arguments.value("--module")
-        token = arguments.value("--token") ?? ProcessInfo.processInfo.environment["TOKENTLS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        token =
+            arguments.value("--token") ?? ProcessInfo.processInfo.environment["TOKENTLS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
         pinFile = arguments.value("--pin-file")
     }
 
@@ -32,7 +33,8 @@ struct TokenOptions {
             }
             if initialised.isEmpty {
                 throw CommandError(
-                    .failure, "module \(module.path) has no initialised token: create one with 'tokentls token init --label LABEL'")
+                    .failure,
+                    "module \(module.path) has no initialised token: create one with 'tokentls token init --label LABEL'")
             }
             let labels = initialised.map { "\"\($0.label)\"" }.joined(separator: ", ")
             throw CommandError(.usage, "several tokens are present (\(labels)): choose one with --token LABEL or TOKENTLS_TOKEN")

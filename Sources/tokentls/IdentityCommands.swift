@@ -58,13 +58,17 @@ enum IdentityCommands {
             output.line("No certificates in token \"\(store.token.label)\".")
         } else {
             let rows = identities.map { identity in
-                [identity.thumbprint, identity.hasPrivateKey ? identity.certificate.keyDescription : "no key", identity.certificate.subject]
+                [
+                    identity.thumbprint, identity.hasPrivateKey ? identity.certificate.keyDescription : "no key",
+                    identity.certificate.subject,
+                ]
             }
             output.table(header: ["Thumbprint", "Key", "Subject"], rows: rows)
         }
         for orphan in orphans {
             output.diagnostic(
-                "tokentls: warning: private key \"\(orphan.label)\" (id \(hexString(orphan.id, uppercase: false))) has no certificate in the token")
+                "tokentls: warning: private key \"\(orphan.label)\" (id \(hexString(orphan.id, uppercase: false))) has no certificate in the token"
+            )
         }
     }
 

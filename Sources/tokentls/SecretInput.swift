@@ -29,7 +29,8 @@ enum SecretInput {
     static func readFile(_ path: String, what: String, fileOption: String) throws -> SecretBytes {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
-            throw CommandError(.usage, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
+            throw CommandError(
+                .usage, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
         }
         defer { close(descriptor) }
         let capacity = 4096

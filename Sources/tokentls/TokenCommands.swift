@@ -53,7 +53,8 @@ enum TokenCommands {
         if parsed.has("--json") {
             let rows = tokens.map {
                 TokenRow(
-                    label: $0.label, serial: $0.serial, manufacturer: $0.manufacturer, model: $0.model, initialized: $0.isInitialized,
+                    label: $0.label, serial: $0.serial, manufacturer: $0.manufacturer, model: $0.model,
+                    initialized: $0.isInitialized,
                     uri: $0.uri)
             }
             try output.json(rows)
@@ -64,7 +65,10 @@ enum TokenCommands {
             return
         }
         let table = tokens.map { token in
-            [token.isInitialized ? token.label : "(uninitialised)", token.serial, token.manufacturer, token.model, token.isInitialized ? token.uri : ""]
+            [
+                token.isInitialized ? token.label : "(uninitialised)", token.serial, token.manufacturer, token.model,
+                token.isInitialized ? token.uri : "",
+            ]
         }
         output.table(header: ["Label", "Serial", "Manufacturer", "Model", "URI"], rows: table)
     }

@@ -1,0 +1,166 @@
+import Foundation
+import PKCS11
+import Synchronization
+import TokenStore
+
+/// The real components every token test shares: the walk-through's certificates made
+/// by `scripts/make-certs`, and a SoftHSM configuration whose token folder is a fresh
+/// temporary folder for this test process.
+///
+/// Each test takes its own token (`makeToken`), so tests can run in parallel and
+/// count objects without seeing each other's.
+public final class TestEnvironment: Sendable {
+    public static let shared: TestEnvironment = {
+        do {
+            return try TestEnvironment()
+        } catch {
+            fatalError("test environment setup failed: \(error)")
+        }
+    }()
+
+    public let root: URL
+    public let certificates: URL
+    public let softHSMConfiguration: URL
+    public let packageRoot: URL
+    public let module: Module
+    public static let userPIN = "test-user-pin-1234"
+    public static let securityOfficerPIN = "test-so-pin-5678"
+    private let tokenCreation = Mutex(0)
+
+    private init() throws {
+        packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        root = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(
+            "tokentls-tests-\(getpid())-\(UUID().uuidString.prefix(8))")
+        certificates = root.appendingPathComponent("certs")
+        softHSMConfiguration = root.appendingPathComponent("softhsm2.conf")
+        let tokens = root.appendingPathComponent("tokens")
+        try FileManager.default.createDirectory(at: tokens, withIntermediateDirectories: true)
+        try StoreLocation.softHSMConfiguration(tokenFolder: tokens.path).write(
+            to: softHSMConfiguration, atomically: true, encoding: .utf8)
+        setenv("SOFTHSM2_CONF", softHSMConfiguration.path, 1)
+
+        let result = try TestEnvironment.run(
+            packageRoot.appendingPathComponent("scripts/make-certs").path, ["-q", certificates.path])
+        guard result.status == 0 else {
+            throw TestFailure("scripts/make-certs failed (\(result.status)): \(result.standardError)")
+        }
+        module = try Module.load(path: Module.defaultPath)
+    }
+
+    /// The path of a file written by `scripts/make-certs`.
+    public func certificate(_ name: String) -> String {
+        certificates.appendingPathComponent(name).path
+    }
+
+    /// Initialises a new token with a unique label and returns a logged-in store on it.
+    public func makeToken(_ prefix: String = "test") throws -> TokenStore {
+        let label = try tokenCreation.withLock { counter -> String in
+            counter += 1
+            let label = "\(prefix)-\(counter)"
+            guard let free = try module.tokens().first(where: { !$0.isInitialized }) else {
+                throw TestFailure("SoftHSM offers no free slot")
+            }
+            _ = try module.initializeToken(
+                inSlot: free.slot, label: label, securityOfficerPIN: SecretBytes(utf8: TestEnvironment.securityOfficerPIN),
+                userPIN: SecretBytes(utf8: TestEnvironment.userPIN))
+            return label
+        }
+        let token = try module.findToken(TokenSelector(label: label))
+        return try TokenStore(token: token, pin: SecretBytes(utf8: TestEnvironment.userPIN))
+    }
+
+    /// Decodes a fixture PFX.
+    public func pfx(_ name: String, password: String? = nil) throws -> PFXContents {
+        let data = try Data(contentsOf: URL(fileURLWithPath: certificate(name)))
+        return try PFX.decode(Array(data), password: password.map { SecretBytes(utf8: $0) }, source: name)
+    }
+
+    /// The `tokentls` executable built next to the tests, or `TOKENTLS_BINARY`.
+    public var binary: String {
+        if let path = ProcessInfo.processInfo.environment["TOKENTLS_BINARY"] {
+            return path
+        }
+        let buildFolder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [buildFolder, buildFolder.deletingLastPathComponent()] {
+            let path = candidate.appendingPathComponent("tokentls").path
+            if FileManager.default.isExecutableFile(atPath: path) {
+                return path
+            }
+        }
+        return packageRoot.appendingPathComponent(".build/debug/tokentls").path
+    }
+
+    /// Runs `tokentls` with the test token settings, a PIN from the environment and no terminal.
+    public func tokentls(_ arguments: [String], token: String?, environment extra: [String: String] = [:]) throws -> ProcessResult
+    {
+        var environment = ProcessInfo.processInfo.environment
+        environment["SOFTHSM2_CONF"] = softHSMConfiguration.path
+        environment["TOKENTLS_PIN"] = TestEnvironment.userPIN
+        environment["TOKENTLS_TOKEN"] = token
+        environment.removeValue(forKey: "TOKENTLS_PFX_PASSWORD")
+        for (key, value) in extra {
+            environment[key] = value
+        }
+        return try TestEnvironment.run(binary, arguments, environment: environment)
+    }
+
+    /// Runs a program to completion without a terminal and collects its output.
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        if let environment {
+            process.environment = environment
+        }
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Read both pipes while the process runs, so a large output cannot block it.
+        let errorData = Mutex(Data())
+        let reader = Thread {
+            let data = error.fileHandleForReading.readDataToEndOfFile()
+            errorData.withLock { $0 = data }
+        }
+        reader.start()
+        let outputData = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while !reader.isFinished {
+            usleep(1000)
+        }
+        return ProcessResult(
+            status: process.terminationStatus,
+            standardOutput: String(decoding: outputData, as: UTF8.self),
+            standardError: errorData.withLock { String(decoding: $0, as: UTF8.self) },
+            terminatedBySignal: process.terminationReason == .uncaughtSignal)
+    }
+}
+
+public struct ProcessResult: Sendable {
+    public let status: Int32
+    public let standardOutput: String
+    public let standardError: String
+    public let terminatedBySignal: Bool
+}
+
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Every object handle in the token that the logged-in user can see.
+public func allObjects(_ store: TokenStore) throws -> Set<ObjectHandle> {
+    try store.pool.withSession { Set(try $0.findObjects([])) }
+}
+
+/// The SHA-1 fingerprint of a PEM certificate file as `openssl x509` prints it, without colons.
+public func opensslFingerprint(_ path: String) throws -> String {
+    let result = try TestEnvironment.run("/usr/bin/openssl", ["x509", "-in", path, "-noout", "-fingerprint", "-sha1"])
+    guard result.status == 0, let value = result.standardOutput.split(separator: "=").last else {
+        throw TestFailure("openssl x509 -fingerprint failed for \(path): \(result.standardError)")
+    }
+    return value.trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: ":", with: "")
+}
