@@ -48,6 +48,10 @@ int tokentls_ssl_ctx_set_max_proto_version(SSL_CTX *context, int version) {
     return (int)SSL_CTX_set_max_proto_version(context, version);
 }
 
+int tokentls_ssl_ctx_get_max_proto_version(SSL_CTX *context) { return (int)SSL_CTX_get_max_proto_version(context); }
+
+int tokentls_ssl_ctx_get_min_proto_version(SSL_CTX *context) { return (int)SSL_CTX_get_min_proto_version(context); }
+
 int tokentls_ssl_ctx_set1_client_sigalgs_list(SSL_CTX *context, const char *list) {
     return (int)SSL_CTX_set1_client_sigalgs_list(context, list);
 }

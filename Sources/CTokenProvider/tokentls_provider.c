@@ -2,9 +2,9 @@
  * OpenSSL 3 provider whose RSA and EC keys sign through a PKCS#11 token.
  *
  * The provider runs as a built-in in the process's default library context
- * and calls libcrypto directly. Hashing, public key checks and every other
- * operation stay with the default provider; this provider supplies only key
- * management for token keys and the signature operations on them.
+ * and calls libcrypto directly. It supplies only key management for token
+ * keys and the signature operations on them. Hashing, public key checks and
+ * every other operation stay with the default provider.
  */
 #include "tokentls_provider.h"
 #include "tokentls_provider_internal.h"
@@ -112,8 +112,8 @@ static const char *reason_text(int reason)
 
 /*
  * Pushes an error onto the calling thread's OpenSSL error queue. Once the
- * provider is initialized the core attributes the error to the library
- * "tokentls"; before that the error goes to ERR_LIB_USER, which has no
+ * provider is initialized, the core attributes the error to the library
+ * "tokentls". Before that the error goes to ERR_LIB_USER, which has no
  * reason strings, so the reason text is put into the error data instead.
  */
 static void raise_error(const char *file, int line, const char *func, int reason,
@@ -309,9 +309,9 @@ int tokentls_ecdsa_signature_to_der(const unsigned char *token_signature,
     }
 
     /*
-     * Some tokens return DER although PKCS#11 specifies r||s. An r||s value
-     * that also forms canonical DER of the same length needs about 40 fixed
-     * bits, so it is taken as DER.
+     * Some tokens return DER although PKCS#11 specifies r||s. Random r||s
+     * forms canonical DER only if at least five of its bytes have fixed
+     * values, so input that parses as canonical DER is taken as DER.
      */
     if (is_canonical_der_signature(token_signature, token_signature_len, order_len)) {
         if (token_signature_len > der_capacity) {
@@ -561,8 +561,17 @@ static int keymgmt_import(void *keydata, int selection, const OSSL_PARAM params[
         RAISE(REASON_KEY_ALREADY_SET, "token key data is read-only after import");
         return 0;
     }
-    if ((selection & OSSL_KEYMGMT_SELECT_KEYPAIR) != OSSL_KEYMGMT_SELECT_KEYPAIR) {
-        RAISE(REASON_INVALID_ARGUMENT, "a token key import must select the key pair");
+    /*
+     * EVP_PKEY_eq (and so X509_check_private_key) first tries to copy the
+     * other, public-only key into this provider without selecting the
+     * private key, and compares the other way round when that fails.
+     * Declining quietly keeps the error queue clean when the comparison
+     * then succeeds.
+     */
+    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
+        return 0;
+    if ((selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) == 0) {
+        RAISE(REASON_INVALID_ARGUMENT, "a token key import must select the public key too");
         return 0;
     }
 
@@ -846,7 +855,7 @@ static int is_supported_digest(int nid)
            || nid == NID_sha512;
 }
 
-/* Fetches a digest for in-process hashing; the token only sees the result. */
+/* Fetches a digest for in-process hashing, because the token receives only the result. */
 static EVP_MD *fetch_supported_digest(const char *name)
 {
     EVP_MD *md = EVP_MD_fetch(NULL, name, NULL);
@@ -1100,7 +1109,10 @@ static int signature_set_ctx_params(void *vctx, const OSSL_PARAM params[])
     return 1;
 }
 
-/* "properties" and "mgf1-properties" are accepted and ignored: digests come from the default fetch. */
+/*
+ * "properties" and "mgf1-properties" are accepted and ignored, because
+ * digests are fetched without a property query.
+ */
 static const OSSL_PARAM rsa_settable_ctx_param_types[] = {
     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, NULL, 0),
     OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, NULL, 0),
@@ -1677,19 +1689,31 @@ static const char *push_public_params(OSSL_PARAM_BLD *builder, const EVP_PKEY *p
 
     if (EVP_PKEY_is_a(public_key, "EC")) {
         char group_name[64];
+        const curve_info *curve;
         size_t point_len = 0;
 
         if (!EVP_PKEY_get_group_name(public_key, group_name, sizeof(group_name), NULL)) {
             RAISE(REASON_UNSUPPORTED_CURVE, "the EC key has no named curve");
             return NULL;
         }
+        curve = find_curve(group_name);
+        if (curve == NULL) {
+            RAISE(REASON_UNSUPPORTED_CURVE, "curve %s; supported are P-256, P-384 and P-521",
+                  group_name);
+            return NULL;
+        }
+        /*
+         * The builder keeps pointers to strings and buffers until
+         * OSSL_PARAM_BLD_to_param, so it gets the static curve name and
+         * the caller-owned point buffer, never a local array.
+         */
         if (!EVP_PKEY_get_octet_string_param(public_key, OSSL_PKEY_PARAM_PUB_KEY, NULL, 0,
                                              &point_len)
             || (*point = OPENSSL_malloc(point_len)) == NULL
             || !EVP_PKEY_get_octet_string_param(public_key, OSSL_PKEY_PARAM_PUB_KEY, *point,
                                                 point_len, &point_len)
-            || !OSSL_PARAM_BLD_push_utf8_string(builder, OSSL_PKEY_PARAM_GROUP_NAME, group_name,
-                                                0)
+            || !OSSL_PARAM_BLD_push_utf8_string(builder, OSSL_PKEY_PARAM_GROUP_NAME,
+                                                curve->group_name, 0)
             || !OSSL_PARAM_BLD_push_octet_string(builder, OSSL_PKEY_PARAM_PUB_KEY, *point,
                                                  point_len)) {
             RAISE(REASON_INVALID_PUBLIC_KEY, "cannot read the EC public point");

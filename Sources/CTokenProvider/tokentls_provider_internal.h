@@ -14,7 +14,7 @@
  * ECDSA-Sig-Value, which is copied unchanged.
  * Writes at most der_capacity bytes to der and stores the length in *der_len.
  * Returns 1 on success and 0 when the input is malformed or der is too
- * small; the OpenSSL error queue then says which.
+ * small. The OpenSSL error queue then records which of the two failed.
  */
 int tokentls_ecdsa_signature_to_der(const unsigned char *token_signature,
                                     size_t token_signature_len, size_t order_len,

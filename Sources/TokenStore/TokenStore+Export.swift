@@ -39,7 +39,7 @@ extension TokenStore {
     }
 
     /// The CA certificates in the token that issued `certificate`, nearest first.
-    func authorityChain(for certificate: Certificate) throws -> [Certificate] {
+    public func authorityChain(for certificate: Certificate) throws -> [Certificate] {
         let authorities = try identities().map(\.certificate).filter { $0.isCA && $0.der != certificate.der }
         var chain: [Certificate] = []
         var current = certificate

@@ -6,9 +6,26 @@ import TokenStore
 struct TokenOptions {
     static let valued: Set<String> = ["--module", "--token", "--pin-file"]
 
-    let modulePath: String?
-    let token: String?
+    var modulePath: String?
+    var token: String?
     let pinFile: String?
+
+    /// The settings with the token and module that `uri` names, where it names them.
+    func applying(_ uri: PKCS11URI) -> TokenOptions {
+        var copy = self
+        var tokenPart = uri
+        tokenPart.object = nil
+        tokenPart.id = nil
+        tokenPart.type = nil
+        tokenPart.modulePath = nil
+        if uri.token != nil || uri.serial != nil {
+            copy.token = tokenPart.description
+        }
+        if let modulePath = uri.modulePath {
+            copy.modulePath = modulePath
+        }
+        return copy
+    }
 
     init(_ arguments: Arguments) {
         modulePath = arguments.value("--module")

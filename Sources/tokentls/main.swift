@@ -13,6 +13,11 @@ let usage = """
       list [--json]
       remove THUMBPRINT
       export-pfx THUMBPRINT --out FILE [--password-file FILE]
+    HTTPS with a client certificate from the token:
+      request URL [--thumbprint HEX | --key-uri pkcs11:...] [curl options]
+        curl options: -X METHOD, -H "Name: value", -d DATA, --data-binary @FILE, -o FILE,
+        -i, -v, -f/--fail, -L, --cacert FILE, --resolve HOST:PORT:ADDRESS,
+        --connect-timeout SECONDS, -m/--max-time SECONDS, --tlsv1.2, --tlsv1.3, --tls-max 1.2|1.3
     Tokens:
       token init --label LABEL [--so-pin-file FILE]
       token list [--json]
@@ -40,6 +45,7 @@ func run() throws {
     case "list": try IdentityCommands.list(rest, output: output)
     case "remove": try IdentityCommands.remove(rest, output: output)
     case "export-pfx": try IdentityCommands.exportPFX(rest, output: output)
+    case "request": try RequestCommand.run(rest, output: output)
     case "token": try TokenCommands.run(rest, output: output)
     case "version", "--version": try VersionCommand.run(rest, output: output)
     case "help", "--help", "-h": output.line(usage)

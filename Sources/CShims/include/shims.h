@@ -35,6 +35,8 @@ char *tokentls_x509_name_string(const X509_NAME *name);
 /* The SSL_CTX_* controls below are macros over SSL_CTX_ctrl. */
 int tokentls_ssl_ctx_set_min_proto_version(SSL_CTX *context, int version);
 int tokentls_ssl_ctx_set_max_proto_version(SSL_CTX *context, int version);
+int tokentls_ssl_ctx_get_max_proto_version(SSL_CTX *context);
+int tokentls_ssl_ctx_get_min_proto_version(SSL_CTX *context);
 int tokentls_ssl_ctx_set1_client_sigalgs_list(SSL_CTX *context, const char *list);
 int tokentls_ssl_ctx_add1_chain_cert(SSL_CTX *context, X509 *certificate);
 int tokentls_ssl_ctx_clear_chain_certs(SSL_CTX *context);
