@@ -110,6 +110,7 @@ public final class Module: @unchecked Sendable {
         _ name: String,
         _ function: KeyPath<CK_FUNCTION_LIST, Function?>,
         context: @autoclosure () -> String = "",
+        traceDetail: String = "",
         accepted: Set<UInt> = [],
         _ body: (Function) -> CK_RV
     ) throws -> UInt {
@@ -120,7 +121,7 @@ public final class Module: @unchecked Sendable {
             throw PKCS11Error.call(name, UInt(CKR_FUNCTION_NOT_SUPPORTED), context: "module \(path) does not provide \(name)")
         }
         let rv = UInt(body(pointer))
-        Trace.call(name, CK_RV(rv))
+        Trace.call(name, CK_RV(rv), detail: traceDetail)
         if rv != UInt(CKR_OK) && !accepted.contains(rv) {
             throw PKCS11Error.call(name, rv, context: context())
         }

@@ -189,7 +189,7 @@ public final class Session: @unchecked Sendable {
     public func sign(_ mechanism: Mechanism, key: ObjectHandle, data: [UInt8]) throws -> [UInt8] {
         let context = "key object \(key.rawValue) on \(token)"
         try mechanism.withUnsafeMechanism { pointer in
-            try module.call("C_SignInit", \.C_SignInit, context: context) {
+            try module.call("C_SignInit", \.C_SignInit, context: context, traceDetail: mechanism.name) {
                 $0(handle, pointer, CK_OBJECT_HANDLE(key.rawValue))
             }
         }

@@ -12,7 +12,7 @@ import TokenStore
 /// `HTTPClient`. One identity may serve many connections on many threads at once.
 public final class ClientIdentity: @unchecked Sendable {
     // The OpenSSL objects are immutable after creation and only ever up-referenced.
-    private let key: OpaquePointer
+    let key: OpaquePointer
     private let certificate: OpaquePointer
     private let chain: [OpaquePointer]
     private let signingKey: SigningKey
@@ -95,6 +95,9 @@ public final class ClientIdentity: @unchecked Sendable {
 
     /// The number of signatures the token has made for this identity.
     public var signatureCount: Int { signingKey.signatureCount }
+
+    /// The signatures made so far, by PKCS#11 mechanism name such as `CKM_RSA_PKCS_PSS`.
+    public var signaturesByMechanism: [String: Int] { signingKey.signaturesByMechanism }
 
     /// The reason of the last failed token signature, if any.
     public var lastSigningError: String? { signingKey.lastError }

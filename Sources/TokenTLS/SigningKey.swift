@@ -23,6 +23,7 @@ final class SigningKey: Sendable {
     let kind: KeyKind
     let name: String
     private let signatures = Atomic<Int>(0)
+    private let mechanismCounts = Mutex<[String: Int]>([:])
     private let failure = Mutex<String?>(nil)
 
     init(pool: SessionPool, object: ObjectHandle, kind: KeyKind, name: String) {
@@ -34,6 +35,9 @@ final class SigningKey: Sendable {
 
     /// The number of signatures the token has made with this key through TokenTLS.
     var signatureCount: Int { signatures.load(ordering: .relaxed) }
+
+    /// Signatures made so far, by mechanism name such as `CKM_RSA_PKCS_PSS`.
+    var signaturesByMechanism: [String: Int] { mechanismCounts.withLock { $0 } }
 
     /// The most recent signing failure, for error messages after a failed handshake.
     var lastError: String? { failure.withLock { $0 } }
@@ -67,6 +71,7 @@ final class SigningKey: Sendable {
                 try session.sign(mechanism, key: object, data: input)
             }
             signatures.add(1, ordering: .relaxed)
+            mechanismCounts.withLock { $0[mechanism.name, default: 0] += 1 }
             return signature
         } catch let error as PKCS11Error {
             throw SigningError("token signing with \(mechanism.name) for \(name) failed: \(error)")

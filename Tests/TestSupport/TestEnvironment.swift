@@ -21,6 +21,8 @@ public final class TestEnvironment: Sendable {
     public let root: URL
     public let certificates: URL
     public let softHSMConfiguration: URL
+    /// The same token folder with RSA-PSS switched off, as on a token without PSS.
+    public let noPSSConfiguration: URL
     public let packageRoot: URL
     public let module: Module
     public static let userPIN = "test-user-pin-1234"
@@ -39,6 +41,11 @@ public final class TestEnvironment: Sendable {
         try StoreLocation.softHSMConfiguration(tokenFolder: tokens.path).write(
             to: softHSMConfiguration, atomically: true, encoding: .utf8)
         setenv("SOFTHSM2_CONF", softHSMConfiguration.path, 1)
+        noPSSConfiguration = root.appendingPathComponent("softhsm2-nopss.conf")
+        let template = try String(
+            contentsOf: packageRoot.appendingPathComponent("softhsm/softhsm2-nopss.conf.in"), encoding: .utf8)
+        try template.replacingOccurrences(of: "@TOKENDIR@", with: tokens.path)
+            .write(to: noPSSConfiguration, atomically: true, encoding: .utf8)
 
         let result = try TestEnvironment.run(
             packageRoot.appendingPathComponent("scripts/make-certs").path, ["-q", certificates.path])
@@ -106,36 +113,43 @@ public final class TestEnvironment: Sendable {
     }
 
     /// Runs a program to completion without a terminal and collects its output.
+    ///
+    /// Output goes through temporary files rather than pipes, because a daemon the
+    /// program starts (nginx) would keep a pipe open long after the program exits.
     public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        if let environment {
-            process.environment = environment
+        let folder = NSTemporaryDirectory() + "tokentls-run-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let outputPath = folder + "/stdout"
+        let errorPath = folder + "/stderr"
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+
+        let environmentLines = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = environmentLines.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
         }
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        // Read both pipes while the process runs, so a large output cannot block it.
-        let errorData = Mutex(Data())
-        let reader = Thread {
-            let data = error.fileHandleForReading.readDataToEndOfFile()
-            errorData.withLock { $0 = data }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        guard spawned == 0 else {
+            throw TestFailure("starting \(path) failed: \(String(cString: strerror(spawned)))")
         }
-        reader.start()
-        let outputData = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        while !reader.isFinished {
-            usleep(1000)
-        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let signalled = (status & 0x7f) != 0
         return ProcessResult(
-            status: process.terminationStatus,
-            standardOutput: String(decoding: outputData, as: UTF8.self),
-            standardError: errorData.withLock { String(decoding: $0, as: UTF8.self) },
-            terminatedBySignal: process.terminationReason == .uncaughtSignal)
+            status: signalled ? -1 : (status >> 8) & 0xff,
+            standardOutput: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "",
+            standardError: (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "",
+            terminatedBySignal: signalled)
     }
 }
 

@@ -1,0 +1,106 @@
+import Foundation
+import Synchronization
+
+/// The nginx of `scripts/test-server`, on free ports of 127.0.0.1, shared by the tests
+/// of one process and stopped when the process exits.
+public final class TestServer: Sendable {
+    public static let shared: TestServer = {
+        do {
+            return try TestServer(environment: TestEnvironment.shared)
+        } catch {
+            fatalError("starting nginx failed: \(error)")
+        }
+    }()
+
+    public let tlsPort: Int
+    /// mTLS with TLS 1.2 and 1.3.
+    public let mtlsPort: Int
+    public let mtls13Port: Int
+    public let mtls12Port: Int
+    public let runFolder: String
+    private static let stopCommand = Mutex<[String]>([])
+
+    private init(environment: TestEnvironment) throws {
+        let ports = try freePorts(4)
+        (tlsPort, mtlsPort, mtls13Port, mtls12Port) = (ports[0], ports[1], ports[2], ports[3])
+        runFolder = environment.root.appendingPathComponent("nginx").path
+        let script = environment.packageRoot.appendingPathComponent("scripts/test-server").path
+        let result = try TestEnvironment.run(
+            script,
+            [
+                "start", "--certs", environment.certificates.path, "--dir", runFolder, "--tls-port", "\(tlsPort)", "--mtls-port",
+                "\(mtlsPort)", "--mtls13-port", "\(mtls13Port)", "--mtls12-port", "\(mtls12Port)",
+            ])
+        guard result.status == 0 else {
+            throw TestFailure("scripts/test-server start failed: \(result.standardError)")
+        }
+        TestServer.stopCommand.withLock { $0 = [script, "stop", "--dir", runFolder] }
+        atexit {
+            let command = TestServer.stopCommand.withLock { $0 }
+            if !command.isEmpty {
+                _ = try? TestEnvironment.run(command[0], Array(command.dropFirst()))
+            }
+        }
+    }
+
+    /// Lines of an access log of `scripts/test-server`, for example "mtls-access.log".
+    public func accessLog(_ name: String) -> [String] {
+        let path = runFolder + "/" + name
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").map(String.init)
+    }
+}
+
+/// Ports on 127.0.0.1 that were free a moment ago, found by binding to port 0.
+public func freePorts(_ count: Int) throws -> [Int] {
+    var sockets: [Int32] = []
+    defer { sockets.forEach { close($0) } }
+    var ports: [Int] = []
+    for _ in 0..<count {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw TestFailure("socket() failed") }
+        sockets.append(descriptor)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw TestFailure("bind() to 127.0.0.1:0 failed") }
+        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+    }
+    return ports
+}
+
+/// A TCP listener on 127.0.0.1 that accepts connections and never answers, for timeout tests.
+public final class SilentServer: @unchecked Sendable {
+    public let port: Int
+    private let descriptor: Int32
+
+    public init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.descriptor = descriptor
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ready = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        port = ready ? Int(UInt16(bigEndian: address.sin_port)) : 0
+        guard ready else {
+            throw TestFailure("listening on 127.0.0.1 failed")
+        }
+    }
+
+    deinit {
+        close(descriptor)
+    }
+}
