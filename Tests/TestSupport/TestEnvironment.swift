@@ -61,19 +61,20 @@ public final class TestEnvironment: Sendable {
     }
 
     /// Initialises a new token with a unique label and returns a logged-in store on it.
+    ///
+    /// Token creation and lookup hold one lock: SoftHSM answers `C_GetTokenInfo` with
+    /// `CKR_GENERAL_ERROR` for a slot whose token another thread is initialising.
     public func makeToken(_ prefix: String = "test") throws -> TokenStore {
-        let label = try tokenCreation.withLock { counter -> String in
+        let token = try tokenCreation.withLock { counter -> Token in
             counter += 1
             let label = "\(prefix)-\(counter)"
             guard let free = try module.tokens().first(where: { !$0.isInitialized }) else {
                 throw TestFailure("SoftHSM offers no free slot")
             }
-            _ = try module.initializeToken(
+            return try module.initializeToken(
                 inSlot: free.slot, label: label, securityOfficerPIN: SecretBytes(utf8: TestEnvironment.securityOfficerPIN),
                 userPIN: SecretBytes(utf8: TestEnvironment.userPIN))
-            return label
         }
-        let token = try module.findToken(TokenSelector(label: label))
         return try TokenStore(token: token, pin: SecretBytes(utf8: TestEnvironment.userPIN))
     }
 
