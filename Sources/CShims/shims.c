@@ -70,6 +70,33 @@ int tokentls_ssl_get_peer_signature_type_nid(const SSL *ssl, int *nid) {
     return SSL_get_peer_signature_type_nid(ssl, nid);
 }
 
+int tokentls_ssl_add1_chain_cert(SSL *ssl, X509 *certificate) { return (int)SSL_add1_chain_cert(ssl, certificate); }
+
+int tokentls_ssl_set1_client_sigalgs_list(SSL *ssl, const char *list) {
+    return (int)SSL_set1_client_sigalgs_list(ssl, list);
+}
+
+int tokentls_x509_name_stack_count(const STACK_OF(X509_NAME) *stack) {
+    return stack == NULL ? 0 : sk_X509_NAME_num(stack);
+}
+
+const X509_NAME *tokentls_x509_name_stack_value(const STACK_OF(X509_NAME) *stack, int index) {
+    return sk_X509_NAME_value(stack, index);
+}
+
+static int ssl_ctx_ex_index = -1;
+static CRYPTO_ONCE ssl_ctx_ex_index_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void allocate_ssl_ctx_ex_index(void) {
+    ssl_ctx_ex_index = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL, NULL);
+}
+
+int tokentls_ssl_ctx_ex_index(void) {
+    if (!CRYPTO_THREAD_run_once(&ssl_ctx_ex_index_once, allocate_ssl_ctx_ex_index))
+        return -1;
+    return ssl_ctx_ex_index;
+}
+
 int tokentls_evp_pkey_keypair_selection(void) { return EVP_PKEY_KEYPAIR; }
 
 int tokentls_evp_pkey_public_key_selection(void) { return EVP_PKEY_PUBLIC_KEY; }

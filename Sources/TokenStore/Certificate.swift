@@ -32,6 +32,9 @@ public struct Certificate: Sendable, Hashable {
     public let keyIdentifier: [UInt8]
     public let isCA: Bool
     public let version: Int
+    /// False when an extended key usage extension is present and allows neither
+    /// client authentication nor any purpose; a certificate without one allows it.
+    public let allowsClientAuthentication: Bool
 
     /// Decodes a DER certificate.
     public init(der: [UInt8]) throws {
@@ -61,6 +64,11 @@ public struct Certificate: Sendable, Hashable {
         notAfter = Certificate.date(X509_get0_notAfter(x509))
         version = Int(X509_get_version(x509)) + 1
         isCA = X509_check_ca(x509) != 0
+        if X509_get_extension_flags(x509) & UInt32(EXFLAG_XKUSAGE) != 0 {
+            allowsClientAuthentication = X509_get_extended_key_usage(x509) & UInt32(XKU_SSL_CLIENT | XKU_ANYEKU) != 0
+        } else {
+            allowsClientAuthentication = true
+        }
 
         var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
@@ -144,6 +152,21 @@ public struct Certificate: Sendable, Hashable {
             throw TokenStoreError(.openSSL, "DER encoding failed: \(OpenSSLErrorQueue.drain())")
         }
         return result
+    }
+
+    /// The subject of an OpenSSL certificate, formatted like `subject`.
+    public static func subjectString(_ x509: OpaquePointer) -> String {
+        nameString(X509_get_subject_name(x509))
+    }
+
+    /// The issuer of an OpenSSL certificate, formatted like `issuer`.
+    public static func issuerString(_ x509: OpaquePointer) -> String {
+        nameString(X509_get_issuer_name(x509))
+    }
+
+    /// An OpenSSL X509_NAME formatted like `subject`.
+    public static func nameString(of name: OpaquePointer) -> String {
+        nameString(name)
     }
 
     static func nameString(_ name: OpaquePointer?) -> String {

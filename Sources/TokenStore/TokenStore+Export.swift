@@ -38,9 +38,11 @@ extension TokenStore {
             friendlyName: identity.label.isEmpty ? nil : identity.label)
     }
 
-    /// The CA certificates in the token that issued `certificate`, nearest first.
+    /// The CA certificates in the token, trust anchors included, that issued
+    /// `certificate`, nearest first.
     public func authorityChain(for certificate: Certificate) throws -> [Certificate] {
-        let authorities = try identities().map(\.certificate).filter { $0.isCA && $0.der != certificate.der }
+        let candidates = try identities().map(\.certificate) + TrustStore(token: token).anchors().map(\.certificate)
+        let authorities = candidates.filter { $0.isCA && $0.der != certificate.der }
         var chain: [Certificate] = []
         var current = certificate
         while current.issuerDER != current.subjectDER,

@@ -125,8 +125,11 @@ public final class TokenStore: Sendable {
             .ulong(UInt(CKA_CERTIFICATE_TYPE), UInt(CKC_X_509)),
         ]
         for object in try session.findObjects(template) {
-            let values = try session.attributes(object, [UInt(CKA_VALUE), UInt(CKA_ID), UInt(CKA_LABEL)])
-            guard let der = values[UInt(CKA_VALUE)], let certificate = try? Certificate(der: der) else {
+            let values = try session.attributes(object, [UInt(CKA_VALUE), UInt(CKA_ID), UInt(CKA_LABEL), UInt(CKA_TRUSTED)])
+            // Trust anchors belong to the root store (TrustStore), not to the identities.
+            guard let der = values[UInt(CKA_VALUE)], boolValue(values[UInt(CKA_TRUSTED)]) != true,
+                let certificate = try? Certificate(der: der)
+            else {
                 continue
             }
             let id = values[UInt(CKA_ID)] ?? []

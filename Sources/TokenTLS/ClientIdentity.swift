@@ -136,6 +136,25 @@ public final class ClientIdentity: @unchecked Sendable {
         }
     }
 
+    /// Installs the identity into one connection (an `SSL *`), as `configure(sslContext:)`
+    /// does for a context. Used from the certificate callback of automatic selection,
+    /// when the TLS version is already fixed.
+    func configure(ssl: OpaquePointer) throws {
+        OpenSSLErrorQueue.clear()
+        guard SSL_use_certificate(ssl, certificate) == 1, SSL_use_PrivateKey(ssl, key) == 1 else {
+            throw TLSError(
+                .configuration, "installing \(identity.thumbprint) into the connection failed: \(OpenSSLErrorQueue.drain())")
+        }
+        for authority in chain where tokentls_ssl_add1_chain_cert(ssl, authority) != 1 {
+            throw TLSError(
+                .configuration, "adding a CA certificate for \(identity.thumbprint) failed: \(OpenSSLErrorQueue.drain())")
+        }
+        guard tokentls_ssl_set1_client_sigalgs_list(ssl, signatureAlgorithms) == 1 else {
+            throw TLSError(
+                .configuration, "setting the signature algorithms \(signatureAlgorithms) failed: \(OpenSSLErrorQueue.drain())")
+        }
+    }
+
     private static func parse(_ certificate: Certificate) throws -> OpaquePointer {
         let parsed = certificate.der.withUnsafeBufferPointer { buffer -> OpaquePointer? in
             var pointer: UnsafePointer<UInt8>? = buffer.baseAddress

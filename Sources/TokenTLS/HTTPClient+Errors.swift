@@ -3,7 +3,9 @@ import Foundation
 
 extension HTTPClient {
     /// Turns a failed transfer into an error that says what happened and what to do.
-    static func describe(_ code: CURLcode, curlMessage: String, request: HTTPRequest, identity: ClientIdentity?) -> TLSError {
+    static func describe(
+        _ code: CURLcode, curlMessage: String, request: HTTPRequest, identity: ClientIdentity?, serverVerification: String?
+    ) -> TLSError {
         let detail = curlMessage.isEmpty ? String(cString: curl_easy_strerror(code)) : curlMessage
         if let signingError = identity?.lastSigningError {
             return TLSError(
@@ -11,6 +13,10 @@ extension HTTPClient {
         }
         switch code {
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE:
+            if let serverVerification, !detail.contains("subject name"), !detail.contains("host name") {
+                return TLSError(
+                    .serverCertificate, "the server certificate of \(request.url) is not trusted: \(serverVerification)")
+            }
             return TLSError(.serverCertificate, serverCertificateMessage(detail, request: request))
         case CURLE_COULDNT_RESOLVE_HOST:
             return TLSError(
@@ -44,7 +50,8 @@ extension HTTPClient {
             return
                 "the server certificate of \(request.url) is not valid for its host name (\(detail)); use the name the certificate lists"
         }
-        return "the server certificate of \(request.url) is not trusted (\(detail)); add its CA with --cacert FILE"
+        return
+            "the server certificate of \(request.url) is not trusted (\(detail)); add its CA with 'tokentls trust add FILE' or --cacert FILE"
     }
 
     /// Explains a TLS alert named in an OpenSSL message, such as "tlsv1 alert unknown ca".

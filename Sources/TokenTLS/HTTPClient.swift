@@ -2,6 +2,7 @@ import CCurl
 import COpenSSL
 import CShims
 import Foundation
+import Synchronization
 import TokenStore
 
 /// TLS protocol versions a request may be limited to.
@@ -20,8 +21,12 @@ public struct HTTPRequest: Sendable {
     /// Header lines, "Name: value".
     public var headers: [String] = []
     public var body: [UInt8]?
-    /// Extra trust anchors in a PEM file, added to the default CA bundle.
+    /// Extra trust anchors in a PEM file, added to the other anchors.
     public var caFile: String?
+    /// Trust anchors from the root store, added to the system CA bundle.
+    public var trustAnchors: [Certificate] = []
+    /// False to trust only `trustAnchors` and `caFile`, without the system CA bundle.
+    public var useSystemRoots = true
     /// Fixed address lines, "HOST:PORT:ADDRESS", as curl's --resolve takes them.
     public var resolve: [String] = []
     /// Seconds allowed to connect, and for the whole transfer.
@@ -66,11 +71,24 @@ public struct HTTPResponse: Sendable {
 /// A client may be used from several threads; each `perform` uses its own curl handle.
 public final class HTTPClient: Sendable {
     public let identity: ClientIdentity?
+    /// Chooses an identity when the server asks for a certificate and `identity` is nil.
+    public let selection: AutomaticSelection?
 
     private static let globalInitialization: CURLcode = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
 
     public init(identity: ClientIdentity?) {
         self.identity = identity
+        self.selection = nil
+    }
+
+    /// The identity automatic selection chose for the most recent request, if any.
+    public var lastSelectedIdentity: ClientIdentity? { lastSelected.withLock { $0 } }
+    private let lastSelected = Mutex<ClientIdentity?>(nil)
+
+    /// A client that picks its identity per connection from the CA names the server sends.
+    public init(selection: AutomaticSelection) {
+        self.identity = nil
+        self.selection = selection
     }
 
     /// Sends `request` and returns the response. HTTP error statuses are responses, not errors.
@@ -93,7 +111,7 @@ public final class HTTPClient: Sendable {
         }
         defer { curl_easy_cleanup(handle) }
 
-        let transfer = Transfer(identity: identity, handle: handle)
+        let transfer = Transfer(identity: identity, handle: handle, request: request, selection: selection)
         let transferPointer = Unmanaged.passRetained(transfer)
         defer { transferPointer.release() }
         let opaque = transferPointer.toOpaque()
@@ -112,11 +130,16 @@ public final class HTTPClient: Sendable {
         }
         let curlMessage = String(cString: errorBuffer)
 
+        if transfer.selectedIdentity != nil {
+            lastSelected.withLock { $0 = transfer.selectedIdentity }
+        }
         if let configurationError = transfer.configurationError {
             throw configurationError
         }
         guard code == CURLE_OK else {
-            throw HTTPClient.describe(code, curlMessage: curlMessage, request: request, identity: identity)
+            throw HTTPClient.describe(
+                code, curlMessage: curlMessage, request: request, identity: identity ?? transfer.selectedIdentity,
+                serverVerification: transfer.serverVerificationFailure)
         }
         var status = 0
         _ = tokentls_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
@@ -143,9 +166,6 @@ public final class HTTPClient: Sendable {
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_VERBOSE, request.verbose ? 1 : 0))
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, request.followRedirects ? 1 : 0))
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_SSLVERSION, sslVersion(request)))
-        if let caFile = request.caFile {
-            results.append(tokentls_curl_setopt_string(handle, CURLOPT_CAINFO, caFile))
-        }
         if let connectTimeout = request.connectTimeout {
             results.append(tokentls_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(connectTimeout * 1000)))
         }
@@ -206,15 +226,22 @@ final class CurlLists {
 /// running `curl_easy_perform`.
 final class Transfer: @unchecked Sendable {
     let identity: ClientIdentity?
+    let request: HTTPRequest
+    let selection: AutomaticSelection?
+    var selectedIdentity: ClientIdentity?
+    /// Why OpenSSL rejected the server's certificate, naming the certificate and its issuer.
+    var serverVerificationFailure: String?
     var headers: [UInt8] = []
     var body: [UInt8] = []
     var configurationError: Error?
     var tlsVersion: String?
     let handle: UnsafeMutableRawPointer
 
-    init(identity: ClientIdentity?, handle: UnsafeMutableRawPointer) {
+    init(identity: ClientIdentity?, handle: UnsafeMutableRawPointer, request: HTTPRequest, selection: AutomaticSelection?) {
         self.identity = identity
         self.handle = handle
+        self.request = request
+        self.selection = selection
     }
 
     /// Reads the TLS version from the live connection; libcurl exposes it only during the transfer.
@@ -257,14 +284,93 @@ private func configureSSLContext(
 ) -> CURLcode {
     guard let sslContext, let context else { return CURLE_SSL_CERTPROBLEM }
     let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
-    guard let identity = transfer.identity else {
-        return CURLE_OK
-    }
+    let ctx = OpaquePointer(sslContext)
     do {
-        try identity.configure(sslContext: OpaquePointer(sslContext))
+        try installTrust(ctx, transfer: transfer)
+        if let identity = transfer.identity {
+            try identity.configure(sslContext: ctx)
+        } else if transfer.selection != nil {
+            SSL_CTX_set_cert_cb(ctx, selectCertificate, context)
+        }
         return CURLE_OK
     } catch {
         transfer.configurationError = error
         return CURLE_SSL_CERTPROBLEM
+    }
+}
+
+/// Sets the anchors for the server's certificate: the system bundle libcurl loaded
+/// (unless `useSystemRoots` is false), the root store, and `caFile`.
+private func installTrust(_ ctx: OpaquePointer, transfer: Transfer) throws {
+    let request = transfer.request
+    if !request.useSystemRoots {
+        guard let empty = X509_STORE_new() else {
+            throw TLSError(.configuration, "allocating a certificate store failed")
+        }
+        SSL_CTX_set_cert_store(ctx, empty)
+    }
+    guard let store = SSL_CTX_get_cert_store(ctx) else {
+        throw TLSError(.configuration, "the TLS context has no certificate store")
+    }
+    for anchor in request.trustAnchors {
+        try anchor.withX509 { _ = X509_STORE_add_cert(store, $0) }
+    }
+    if let caFile = request.caFile {
+        OpenSSLErrorQueue.clear()
+        guard X509_STORE_load_file(store, caFile) == 1 else {
+            throw TLSError(.configuration, "cannot load CA certificates from --cacert \(caFile): \(OpenSSLErrorQueue.drain())")
+        }
+    }
+    let index = tokentls_ssl_ctx_ex_index()
+    guard index >= 0, SSL_CTX_set_ex_data(ctx, index, Unmanaged.passUnretained(transfer).toOpaque()) == 1 else {
+        throw TLSError(.configuration, "attaching the transfer state to the TLS context failed")
+    }
+    SSL_CTX_set_verify(ctx, SSL_CTX_get_verify_mode(ctx), recordServerVerification)
+}
+
+/// Keeps OpenSSL's verdict on the server's certificate and notes why it failed.
+private func recordServerVerification(_ ok: Int32, _ storeContext: OpaquePointer?) -> Int32 {
+    guard ok == 0, let storeContext,
+        let ssl = X509_STORE_CTX_get_ex_data(storeContext, SSL_get_ex_data_X509_STORE_CTX_idx()),
+        let ctx = SSL_get_SSL_CTX(OpaquePointer(ssl)),
+        let pointer = SSL_CTX_get_ex_data(ctx, tokentls_ssl_ctx_ex_index())
+    else {
+        return ok
+    }
+    let transfer = Unmanaged<Transfer>.fromOpaque(pointer).takeUnretainedValue()
+    if transfer.serverVerificationFailure == nil {
+        let code = X509_STORE_CTX_get_error(storeContext)
+        let certificate = X509_STORE_CTX_get_current_cert(storeContext)
+        let subject = certificate.map { Certificate.subjectString($0) } ?? "the server certificate"
+        let issuer = certificate.map { Certificate.issuerString($0) } ?? "its issuer"
+        let reason = String(cString: X509_verify_cert_error_string(Int(code)))
+        switch code {
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+            X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+            X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+            transfer.serverVerificationFailure =
+                "\(subject) is issued by \(issuer), which is not trusted (\(reason)); add that CA with 'tokentls trust add FILE' or --cacert FILE"
+        default:
+            transfer.serverVerificationFailure = "\(subject): \(reason)"
+        }
+    }
+    return ok
+}
+
+/// Chooses a client identity when the server asks for a certificate; see `AutomaticSelection`.
+private func selectCertificate(_ ssl: OpaquePointer?, _ context: UnsafeMutableRawPointer?) -> Int32 {
+    guard let ssl, let context else { return 1 }
+    let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
+    guard let selection = transfer.selection else { return 1 }
+    do {
+        let request = CertificateRequestInfo(ssl: ssl)
+        if let identity = try selection.choose(for: request) {
+            try identity.configure(ssl: ssl)
+            transfer.selectedIdentity = identity
+        }
+        return 1
+    } catch {
+        transfer.configurationError = error
+        return 0
     }
 }

@@ -65,7 +65,11 @@ struct TokenOptions {
     /// Opens the identity store on the chosen token, logged in.
     func openStore() throws -> TokenStore {
         let (module, _) = try loadModule()
-        let token = try findToken(module)
+        return try openStore(on: try findToken(module))
+    }
+
+    /// Opens the identity store on `token`, logged in.
+    func openStore(on token: Token) throws -> TokenStore {
         let pin = try readPIN(for: token)
         defer { pin?.wipe() }
         return try TokenStore(token: token, pin: pin)

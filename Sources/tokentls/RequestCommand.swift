@@ -7,6 +7,7 @@ import TokenTLS
 enum RequestCommand {
     static let flags: Set<String> = [
         "-i", "--include", "-v", "--verbose", "-L", "--location", "-f", "--fail", "--tlsv1.2", "--tlsv1.3", "-s", "--silent",
+        "--root-store-only", "--no-client-certificate",
     ]
     static let valued: Set<String> = TokenOptions.valued.union([
         "--thumbprint", "--key-uri", "-X", "--request", "-H", "--header", "-d", "--data", "--data-binary", "-o", "--output",
@@ -28,19 +29,48 @@ enum RequestCommand {
                 "* tokentls: client certificate \(identity.identity.thumbprint) (\(identity.identity.certificate.subject)), "
                     + "signature algorithms \(identity.signatureAlgorithms)")
         }
-        let client = HTTPClient(identity: identity)
+        let token = try resolveToken(parsed, verbose: verbose, output: output)
+        if let token {
+            request.trustAnchors = try TrustStore(token: token).anchors().map(\.certificate)
+            if verbose {
+                output.diagnostic("* tokentls: \(request.trustAnchors.count) trust anchor(s) from the root store of \(token)")
+            }
+        }
+        request.useSystemRoots = !parsed.has("--root-store-only")
+
+        let client: HTTPClient
+        var selection: AutomaticSelection?
+        if let identity {
+            client = HTTPClient(identity: identity)
+        } else if let token, !parsed.has("--no-client-certificate") {
+            let options = TokenOptions(parsed)
+            let automatic = AutomaticSelection { try options.openStore(on: token) }
+            selection = automatic
+            client = HTTPClient(selection: automatic)
+        } else {
+            client = HTTPClient(identity: nil)
+        }
         let response: HTTPResponse
         do {
             response = try client.perform(request)
         } catch let error as TLSError {
+            reportSelection(selection, verbose: verbose, output: output)
             throw CommandError(status(for: error), error.message)
+        } catch {
+            reportSelection(selection, verbose: verbose, output: output)
+            throw error
         }
+        reportSelection(selection, verbose: verbose, output: output)
+        let used = identity ?? client.lastSelectedIdentity
         if verbose {
-            let signatures = identity.map { ", token signatures: \($0.signatureCount)" } ?? ", no client certificate"
+            let signatures = used.map { ", token signatures: \($0.signatureCount)" } ?? ", no client certificate"
             output.diagnostic(
                 "* tokentls: HTTP \(response.status) over \(response.tlsVersion ?? "an unknown TLS version")\(signatures)")
         }
-        explain(response, identity: identity, output: output)
+        if used == nil, let selection, response.status == 400, !selection.report.isEmpty {
+            output.diagnostic("tokentls: note: automatic selection: \(selection.report.last ?? "")")
+        }
+        explain(response, identity: used, output: output)
         if parsed.has("-f", "--fail"), response.status >= 400 {
             throw CommandError(.httpError, "the server at \(request.url) answered HTTP \(response.status)")
         }
@@ -72,6 +102,34 @@ enum RequestCommand {
             output.diagnostic(
                 "tokentls: note: the server rejected the client certificate: it does not trust its issuer, or the certificate is expired or not yet valid"
             )
+        }
+    }
+
+    private static func reportSelection(_ selection: AutomaticSelection?, verbose: Bool, output: Output) {
+        guard verbose, let selection else { return }
+        for line in selection.report {
+            output.diagnostic("* tokentls: \(line)")
+        }
+    }
+
+    /// The token for the root store and automatic selection. Without --token or
+    /// --module, a machine with no usable token goes on without one: requests then
+    /// trust the system CA bundle and --cacert only, and send no client certificate.
+    private static func resolveToken(_ parsed: Arguments, verbose: Bool, output: Output) throws -> Token? {
+        let options = TokenOptions(parsed)
+        do {
+            let (module, _) = try options.loadModule()
+            return try options.findToken(module)
+        } catch {
+            guard options.token == nil, options.modulePath == nil, !parsed.has("--root-store-only") else {
+                throw error
+            }
+            if verbose {
+                output.diagnostic(
+                    "* tokentls: no token in use, so no root store and no automatic selection (\(CommandError.from(error).description))"
+                )
+            }
+            return nil
         }
     }
 

@@ -14,10 +14,16 @@ let usage = """
       remove THUMBPRINT
       export-pfx THUMBPRINT --out FILE [--password-file FILE]
     HTTPS with a client certificate from the token:
-      request URL [--thumbprint HEX | --key-uri pkcs11:...] [curl options]
+      request URL [--thumbprint HEX | --key-uri pkcs11:... | --no-client-certificate] [--root-store-only] [curl options]
+        without an identity, one is chosen from the CA names the server sends
         curl options: -X METHOD, -H "Name: value", -d DATA, --data-binary @FILE, -o FILE,
         -i, -v, -f/--fail, -L, --cacert FILE, --resolve HOST:PORT:ADDRESS,
         --connect-timeout SECONDS, -m/--max-time SECONDS, --tlsv1.2, --tlsv1.3, --tls-max 1.2|1.3
+    Root store (trust anchors in the token; changes need the security officer PIN):
+      trust add FILE [--so-pin-file FILE]      PEM or DER, one or more CA certificates
+      trust list [--json]
+      trust remove THUMBPRINT [--so-pin-file FILE]
+      verify THUMBPRINT|FILE [--policy ssl-client|ssl-server] [--dns-name NAME] [--root-store-only]
     Tokens:
       token init --label LABEL [--so-pin-file FILE]
       token list [--json]
@@ -47,6 +53,8 @@ func run() throws {
     case "export-pfx": try IdentityCommands.exportPFX(rest, output: output)
     case "request": try RequestCommand.run(rest, output: output)
     case "token": try TokenCommands.run(rest, output: output)
+    case "trust": try TrustCommands.run(rest, output: output)
+    case "verify": try TrustCommands.verify(rest, output: output)
     case "version", "--version": try VersionCommand.run(rest, output: output)
     case "help", "--help", "-h": output.line(usage)
     default: throw UsageError("unknown command '\(command)': see 'tokentls help'")

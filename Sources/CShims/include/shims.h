@@ -43,6 +43,17 @@ int tokentls_ssl_ctx_clear_chain_certs(SSL_CTX *context);
 int tokentls_ssl_set_tlsext_host_name(SSL *ssl, const char *name);
 int tokentls_ssl_get_peer_signature_type_nid(const SSL *ssl, int *nid);
 
+/* SSL_* controls for one connection, macros over SSL_ctrl. */
+int tokentls_ssl_add1_chain_cert(SSL *ssl, X509 *certificate);
+int tokentls_ssl_set1_client_sigalgs_list(SSL *ssl, const char *list);
+
+/* STACK_OF(X509_NAME) accessors. */
+int tokentls_x509_name_stack_count(const STACK_OF(X509_NAME) *stack);
+const X509_NAME *tokentls_x509_name_stack_value(const STACK_OF(X509_NAME) *stack, int index);
+
+/* An ex_data index for SSL_CTX, allocated once per process (CRYPTO_get_ex_new_index). */
+int tokentls_ssl_ctx_ex_index(void);
+
 /* Values of composite or cast macros. */
 int tokentls_evp_pkey_keypair_selection(void);
 int tokentls_evp_pkey_public_key_selection(void);
