@@ -87,7 +87,7 @@ public struct Certificate: Sendable, Hashable {
             var name = [CChar](repeating: 0, count: 80)
             var nameLength = 0
             if EVP_PKEY_get_utf8_string_param(publicKey, "group", &name, name.count, &nameLength) == 1 {
-                curveName = String(cString: name)
+                curveName = string(fromCString: name)
             } else {
                 curveName = nil
             }

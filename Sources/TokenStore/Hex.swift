@@ -42,3 +42,9 @@ private func hexDigitValue(_ scalar: Unicode.Scalar) -> UInt8? {
     default: nil
     }
 }
+
+/// The text of a NUL-terminated C string held in an array.
+func string(fromCString characters: [CChar]) -> String {
+    let bytes = characters.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self)
+}

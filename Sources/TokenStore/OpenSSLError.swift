@@ -18,7 +18,7 @@ public struct OpenSSLErrorQueue: Sendable, CustomStringConvertible {
             }
             var buffer = [CChar](repeating: 0, count: 256)
             ERR_error_string_n(code, &buffer, buffer.count)
-            var text = String(cString: buffer)
+            var text = string(fromCString: buffer)
             if let data, flags & ERR_TXT_STRING != 0, data.pointee != 0 {
                 text += " (" + String(cString: data) + ")"
             }

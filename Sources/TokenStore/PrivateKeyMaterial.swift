@@ -89,7 +89,7 @@ public final class PrivateKeyMaterial: Sendable {
                     "unsupported key in \(source): the EC key has explicit curve parameters; TokenTLS imports keys on the named curves P-256, P-384 and P-521"
                 )
             }
-            let group = String(cString: name)
+            let group = string(fromCString: name)
             guard let curve = curves.first(where: { $0.group == group }) else {
                 throw TokenStoreError(
                     .unsupportedKey,

@@ -17,19 +17,22 @@ public final class TestServer: Sendable {
     public let mtlsPort: Int
     public let mtls13Port: Int
     public let mtls12Port: Int
+    /// mTLS that trusts only the other client CA of `scripts/make-certs`.
+    public let mtlsOtherPort: Int
     public let runFolder: String
     private static let stopCommand = Mutex<[String]>([])
 
     private init(environment: TestEnvironment) throws {
-        let ports = try freePorts(4)
-        (tlsPort, mtlsPort, mtls13Port, mtls12Port) = (ports[0], ports[1], ports[2], ports[3])
+        let ports = try freePorts(5)
+        (tlsPort, mtlsPort, mtls13Port, mtls12Port, mtlsOtherPort) = (ports[0], ports[1], ports[2], ports[3], ports[4])
         runFolder = environment.root.appendingPathComponent("nginx").path
         let script = environment.packageRoot.appendingPathComponent("scripts/test-server").path
         let result = try TestEnvironment.run(
             script,
             [
                 "start", "--certs", environment.certificates.path, "--dir", runFolder, "--tls-port", "\(tlsPort)", "--mtls-port",
-                "\(mtlsPort)", "--mtls13-port", "\(mtls13Port)", "--mtls12-port", "\(mtls12Port)",
+                "\(mtlsPort)", "--mtls13-port", "\(mtls13Port)", "--mtls12-port", "\(mtls12Port)", "--mtls-other-port",
+                "\(mtlsOtherPort)",
             ])
         guard result.status == 0 else {
             throw TestFailure("scripts/test-server start failed: \(result.standardError)")
@@ -91,7 +94,8 @@ public final class SilentServer: @unchecked Sendable {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let ready = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
-                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, pointer, &length) == 0
+                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0
+                    && getsockname(descriptor, pointer, &length) == 0
             }
         }
         port = ready ? Int(UInt16(bigEndian: address.sin_port)) : 0

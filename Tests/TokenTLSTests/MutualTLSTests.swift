@@ -102,7 +102,9 @@ struct MutualTLSTests {
                     {
                         verified.withLock { $0 += 1 }
                     } else {
-                        failures.withLock { $0.append("HTTP \(response.status), verify \(response.header("X-Client-Verify") ?? "-")") }
+                        failures.withLock {
+                            $0.append("HTTP \(response.status), verify \(response.header("X-Client-Verify") ?? "-")")
+                        }
                     }
                 } catch {
                     failures.withLock { $0.append("\(error)") }

@@ -21,7 +21,8 @@ struct RequestCommandTests {
         let (store, identity) = try importedToken()
         let result = try environment.tokentls(
             [
-                "request", "https://myhost:\(server.mtlsPort)/hello-world.txt", "--resolve", "myhost:\(server.mtlsPort):127.0.0.1",
+                "request", "https://myhost:\(server.mtlsPort)/hello-world.txt", "--resolve",
+                "myhost:\(server.mtlsPort):127.0.0.1",
                 "--cacert", environment.certificate("server-ca.crt"), "--thumbprint", identity.thumbprint, "-i",
             ], token: store.token.label)
         #expect(result.status == 0, "\(result.standardError)")
@@ -32,11 +33,12 @@ struct RequestCommandTests {
 
     @Test("key URI selects the identity")
     func keyURI() throws {
-        let (store, identity) = try importedToken("client-ec384.pfx")
+        let (_, identity) = try importedToken("client-ec384.pfx")
         let uri = try #require(identity.privateKeyURI)
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--key-uri", uri, "-i",
             ], token: nil)
         #expect(result.status == 0, "\(result.standardError)")
@@ -48,7 +50,8 @@ struct RequestCommandTests {
         let (store, identity) = try importedToken()
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint, "-i",
             ], token: store.token.label,
             environment: ["SOFTHSM2_CONF": environment.noPSSConfiguration.path, "TOKENTLS_TRACE": "1"])
@@ -64,7 +67,8 @@ struct RequestCommandTests {
         let (store, identity) = try importedToken()
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtls13Port)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtls13Port)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint,
             ], token: store.token.label, environment: ["SOFTHSM2_CONF": environment.noPSSConfiguration.path])
         #expect(result.status == 4)
@@ -73,7 +77,8 @@ struct RequestCommandTests {
 
         let forced = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtls13Port)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtls13Port)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint, "--tlsv1.3",
             ], token: store.token.label, environment: ["SOFTHSM2_CONF": environment.noPSSConfiguration.path])
         #expect(forced.status == 1)
@@ -83,7 +88,10 @@ struct RequestCommandTests {
     @Test("no certificate sent is explained")
     func noCertificate() throws {
         let result = try environment.tokentls(
-            ["request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt")],
+            [
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
+            ],
             token: nil)
         #expect(result.status == 0)
         #expect(result.standardOutput.contains("400 No required SSL certificate was sent"))
@@ -91,7 +99,8 @@ struct RequestCommandTests {
 
         let failing = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--fail",
             ], token: nil)
         #expect(failing.status == 6)
@@ -106,7 +115,8 @@ struct RequestCommandTests {
         let made = try TestEnvironment.run(
             "/usr/bin/openssl",
             [
-                "pkcs12", "-export", "-in", environment.certificate("server.crt"), "-inkey", environment.certificate("server.key"),
+                "pkcs12", "-export", "-in", environment.certificate("server.crt"), "-inkey",
+                environment.certificate("server.key"),
                 "-out", pfx, "-passout", "pass:",
             ])
         #expect(made.status == 0, "\(made.standardError)")
@@ -115,7 +125,8 @@ struct RequestCommandTests {
         let identity = try store.importIdentity(contents, exportable: false).identity
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint,
             ], token: store.token.label)
         #expect(result.status == 0)
@@ -134,7 +145,8 @@ struct RequestCommandTests {
     func wrongHostName() throws {
         let result = try environment.tokentls(
             [
-                "request", "https://otherhost:\(server.tlsPort)/hello-world.txt", "--resolve", "otherhost:\(server.tlsPort):127.0.0.1",
+                "request", "https://otherhost:\(server.tlsPort)/hello-world.txt", "--resolve",
+                "otherhost:\(server.tlsPort):127.0.0.1",
                 "--cacert", environment.certificate("server-ca.crt"),
             ], token: nil)
         #expect(result.status == 4)
@@ -146,12 +158,16 @@ struct RequestCommandTests {
         let (store, identity) = try importedToken()
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint,
             ], token: store.token.label, environment: ["TOKENTLS_PIN": "not-the-pin"])
         #expect(result.status == 3)
         #expect(!result.terminatedBySignal)
-        #expect(result.standardError == "tokentls: error: wrong PIN for \(store.token): check TOKENTLS_PIN, --pin-file or what you typed; repeated failures can lock the token\n")
+        #expect(
+            result.standardError
+                == "tokentls: error: wrong PIN for \(store.token): check TOKENTLS_PIN, --pin-file or what you typed; repeated failures can lock the token\n"
+        )
         #expect(!result.standardError.contains("not-the-pin"))
     }
 
@@ -159,7 +175,10 @@ struct RequestCommandTests {
     func unknownThumbprint() throws {
         let (store, _) = try importedToken()
         let result = try environment.tokentls(
-            ["request", "https://localhost:\(server.mtlsPort)/", "--thumbprint", "00 11 22 33 44 55 66 77 88 99 aa bb cc dd ee ff 00 11 22 33"],
+            [
+                "request", "https://localhost:\(server.mtlsPort)/", "--thumbprint",
+                "00 11 22 33 44 55 66 77 88 99 aa bb cc dd ee ff 00 11 22 33",
+            ],
             token: store.token.label)
         #expect(result.status == 1)
         #expect(result.standardError.contains("no certificate with thumbprint 00112233445566778899AABBCCDDEEFF00112233"))
@@ -193,12 +212,59 @@ struct RequestCommandTests {
         let (store, identity) = try importedToken()
         let result = try environment.tokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint, "-X", "POST", "-d", "a=1", "-H", "X-Test: yes", "-i",
             ], token: store.token.label)
         // nginx serves static files to GET only, so a POST gets 405 from a verified client.
         #expect(result.status == 0)
         #expect(result.standardOutput.hasPrefix("HTTP/1.1 405"))
         #expect(result.standardOutput.contains("X-Client-Verify: SUCCESS"))
+    }
+}
+
+@Suite("tokentls request with the root store")
+struct RootStoreRequestTests {
+    let environment = TestEnvironment.shared
+    let server = TestServer.shared
+
+    @Test("trusted server CA needs no --cacert")
+    func trustedWithoutCACert() throws {
+        let token = try environment.makeToken("root-request").token
+        let url = "https://localhost:\(server.tlsPort)/hello-world.txt"
+        let before = try environment.tokentls(["request", url], token: token.label)
+        #expect(before.status == 4)
+        #expect(
+            before.standardError.contains("issued by CN=TokenTLS Test Server CA, which is not trusted"), "\(before.standardError)"
+        )
+
+        let added = try environment.tokentls(
+            ["trust", "add", environment.certificate("server-ca.crt")], token: token.label,
+            environment: ["TOKENTLS_SO_PIN": TestEnvironment.securityOfficerPIN])
+        #expect(added.status == 0, "\(added.standardError)")
+
+        let after = try environment.tokentls(["request", url], token: token.label)
+        #expect(after.status == 0, "\(after.standardError)")
+        #expect(after.standardOutput == "TLS Hello World!\n")
+
+        let rootOnly = try environment.tokentls(["request", url, "--root-store-only"], token: token.label)
+        #expect(rootOnly.status == 0, "\(rootOnly.standardError)")
+    }
+
+    @Test("automatic selection from the command line")
+    func automaticSelection() throws {
+        let store = try environment.makeToken("root-select")
+        let identity = try store.importIdentity(environment.pfx("client-selected.pfx"), exportable: false).identity
+        _ = try store.importIdentity(environment.pfx("client-other.pfx"), exportable: false)
+        let result = try environment.tokentls(
+            [
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
+                "-i", "-v",
+            ], token: store.token.label)
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(result.standardOutput.contains("X-Client-Fingerprint: \(identity.thumbprint.lowercased())"))
+        #expect(result.standardError.contains("* tokentls: chose \(identity.thumbprint)"))
+        #expect(result.standardError.contains("which the server does not list"))
     }
 }
