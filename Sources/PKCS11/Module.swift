@@ -203,6 +203,16 @@ extension Module {
             throw PKCS11Error(
                 kind: .tokenNotFound, context: "invalid token label \"\(label)\": it must be 1 to 32 bytes of UTF-8 text")
         }
+        let slotToken = try token(inSlot: slot)
+        for (name, pin) in [("security officer PIN", securityOfficerPIN), ("user PIN", userPIN)] {
+            guard pin.count >= slotToken.minimumPINLength, pin.count <= slotToken.maximumPINLength else {
+                throw PKCS11Error(
+                    kind: .invalidPIN,
+                    context:
+                        "invalid \(name): it has \(pin.count) bytes, and the token accepts \(slotToken.minimumPINLength) to \(slotToken.maximumPINLength)"
+                )
+            }
+        }
         var padded = [UInt8](repeating: 0x20, count: 32)
         padded.replaceSubrange(0..<labelBytes.count, with: labelBytes)
         try securityOfficerPIN.withUnsafeBytes { pin in

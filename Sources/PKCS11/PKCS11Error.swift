@@ -15,6 +15,8 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
         case invalidURI
         /// The module returned data that breaks the PKCS#11 contract.
         case protocolViolation
+        /// A PIN was rejected before it reached the token: empty, too short or too long.
+        case invalidPIN
     }
 
     public let kind: Kind
@@ -60,7 +62,7 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
             let code = "\(returnValueName) (0x\(String(returnValue, radix: 16)))"
             let base = "\(function) failed: \(code)"
             return context.isEmpty ? base : "\(base) for \(context)"
-        case .moduleLoad, .tokenNotFound, .invalidURI, .protocolViolation:
+        case .moduleLoad, .tokenNotFound, .invalidURI, .protocolViolation, .invalidPIN:
             return context
         }
     }

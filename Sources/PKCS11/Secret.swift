@@ -60,6 +60,20 @@ public final class SecretBytes: @unchecked Sendable, CustomStringConvertible {
 
     public var description: String { "<secret, \(count) bytes>" }
 
+    /// Compares the bytes with another secret in time that depends only on the lengths.
+    public func matches(_ other: SecretBytes) -> Bool {
+        guard count == other.count else { return false }
+        return withUnsafeBytes { mine in
+            other.withUnsafeBytes { theirs in
+                var difference: UInt8 = 0
+                for index in 0..<mine.count {
+                    difference |= mine[index] ^ theirs[index]
+                }
+                return difference == 0
+            }
+        }
+    }
+
     /// Zeroes memory in a way the compiler may not remove.
     public static func clear(_ bytes: UnsafeMutableRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else {

@@ -12,6 +12,9 @@ public struct Token: Sendable, CustomStringConvertible {
     public let model: String
     public let serial: String
     public let flags: UInt
+    /// The PIN lengths the token accepts, in bytes.
+    public let minimumPINLength: Int
+    public let maximumPINLength: Int
 
     init(module: Module, slot: UInt, info: CK_TOKEN_INFO) {
         self.module = module
@@ -21,6 +24,8 @@ public struct Token: Sendable, CustomStringConvertible {
         model = paddedString(info.model)
         serial = paddedString(info.serialNumber)
         flags = UInt(info.flags)
+        minimumPINLength = Int(info.ulMinPinLen)
+        maximumPINLength = Int(info.ulMaxPinLen)
     }
 
     public var isInitialized: Bool { flags & UInt(CKF_TOKEN_INITIALIZED) != 0 }

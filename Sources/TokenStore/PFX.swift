@@ -144,10 +144,15 @@ public enum PFX {
                 .invalidPFX,
                 "cannot verify \(source): its integrity check uses an algorithm that OpenSSL does not support (\(queue))")
         }
-        let hint = password.length == 0 ? "the file needs a password: " : ""
+        if password.length == 0 {
+            throw TokenStoreError(
+                .wrongPassword,
+                "\(source) needs a password and none was given: set TOKENTLS_PFX_PASSWORD, use --password-file, or type it at the prompt"
+            )
+        }
         throw TokenStoreError(
             .wrongPassword,
-            "wrong password for \(source): \(hint)set TOKENTLS_PFX_PASSWORD, use --password-file, or type it at the prompt")
+            "wrong password for \(source): set TOKENTLS_PFX_PASSWORD, use --password-file, or type it at the prompt")
     }
 
     /// Writes a PFX with AES-256-CBC (PBES2) for key and certificates and a SHA-256 MAC,

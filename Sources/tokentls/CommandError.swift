@@ -39,7 +39,7 @@ struct CommandError: Error, CustomStringConvertible {
             }
             return CommandError(.failure, error.message)
         case let error as PKCS11Error:
-            return CommandError(.failure, error.description)
+            return CommandError(error.kind == .invalidPIN ? .usage : .failure, error.description)
         default:
             return CommandError(.failure, "\(error)")
         }

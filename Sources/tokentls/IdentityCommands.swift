@@ -11,9 +11,7 @@ enum IdentityCommands {
             throw UsageError("'import-pfx' needs exactly one FILE, got \(parsed.operands.count)")
         }
         let path = parsed.operands[0]
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CommandError(.failure, "cannot read \(path): no such file or no permission")
-        }
+        let data = try readInputFile(path)
         let options = TokenOptions(parsed)
         // Open the token first, so a wrong PIN or a missing token is reported before
         // the password is asked for.
@@ -41,7 +39,16 @@ enum IdentityCommands {
         }
         return try SecretInput.read(
             variable: "TOKENTLS_PFX_PASSWORD", file: parsed.value("--password-file"), prompt: prompt, what: "PFX password",
-            fileOption: "--password-file")
+            fileOption: "--password-file", allowEmpty: true)
+    }
+
+    /// Reads a file named on the command line, saying which of the usual reasons stops it.
+    static func readInputFile(_ path: String) throws -> Data {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "permission denied or not a regular file" : "no such file"
+            throw CommandError(.failure, "cannot read \(path): \(reason)")
+        }
+        return data
     }
 
     static func list(_ arguments: [String], output: Output) throws {
@@ -101,8 +108,11 @@ enum IdentityCommands {
             _ = try store.exportPFX(identity, password: nil)
             return
         }
-        let password = try readPFXPassword(parsed, prompt: "Password for \(path): ")
-        defer { password?.wipe() }
+        // An exported PFX holds the private key, so it is never written without a password.
+        let password = try SecretInput.read(
+            variable: "TOKENTLS_PFX_PASSWORD", file: parsed.value("--password-file"), prompt: "Password for \(path): ",
+            what: "password for the exported PFX", fileOption: "--password-file", confirm: true)
+        defer { password.wipe() }
         let pfx = try store.exportPFX(identity, password: password)
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {

@@ -7,20 +7,35 @@ enum SecretInput {
     /// from this process's environment once read), the file `file`, then a prompt on
     /// the terminal without echo.
     ///
-    /// `allowAbsent` returns nil instead of prompting when neither the variable nor
-    /// the file is set and no terminal is present (a password-less PFX).
-    static func read(variable: String, file: String?, prompt: String, what: String, fileOption: String) throws -> SecretBytes {
+    /// With `confirm`, a value typed at the prompt is asked for twice and must match,
+    /// as for a new PIN. With `allowEmpty` false, an empty value is an error before it
+    /// reaches the token, where a wrong PIN can use up a retry.
+    static func read(
+        variable: String, file: String?, prompt: String, what: String, fileOption: String, confirm: Bool = false,
+        allowEmpty: Bool = false
+    ) throws -> SecretBytes {
+        let secret: SecretBytes
         if let value = getenv(variable) {
-            let secret = SecretBytes(copying: UnsafeRawBufferPointer(start: value, count: strlen(value)))
+            secret = SecretBytes(copying: UnsafeRawBufferPointer(start: value, count: strlen(value)))
             unsetenv(variable)
-            return secret
+        } else if let file {
+            secret = try readFile(file, what: what, fileOption: fileOption)
+        } else {
+            guard let typed = try promptTerminal(prompt) else {
+                throw CommandError(
+                    .usage, "no \(what) given and no terminal to ask on: set \(variable) or use \(fileOption) FILE")
+            }
+            if confirm, !typed.isEmpty {
+                guard let again = try promptTerminal("Repeat to confirm: "), again.matches(typed) else {
+                    typed.wipe()
+                    throw CommandError(.usage, "the two \(what) entries differ: nothing was changed; run the command again")
+                }
+                again.wipe()
+            }
+            secret = typed
         }
-        if let file {
-            return try readFile(file, what: what, fileOption: fileOption)
-        }
-        guard let secret = try promptTerminal(prompt) else {
-            throw CommandError(
-                .usage, "no \(what) given and no terminal to ask on: set \(variable) or use \(fileOption) FILE")
+        if !allowEmpty, secret.isEmpty {
+            throw CommandError(.usage, "the \(what) is empty: set \(variable), use \(fileOption) FILE, or type it at the prompt")
         }
         return secret
     }
@@ -30,7 +45,7 @@ enum SecretInput {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
             throw CommandError(
-                .usage, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
+                .failure, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
         }
         defer { close(descriptor) }
         let capacity = 4096
@@ -39,7 +54,7 @@ enum SecretInput {
             while total < capacity {
                 let count = Foundation.read(descriptor, buffer.baseAddress! + total, capacity - total)
                 if count < 0 {
-                    throw CommandError(.usage, "cannot read the \(what) file \(path): \(String(cString: strerror(errno)))")
+                    throw CommandError(.failure, "cannot read the \(what) file \(path): \(String(cString: strerror(errno)))")
                 }
                 if count == 0 { break }
                 total += count

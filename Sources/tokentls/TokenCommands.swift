@@ -35,10 +35,11 @@ enum TokenCommands {
         }
         let securityOfficerPIN = try SecretInput.read(
             variable: "TOKENTLS_SO_PIN", file: parsed.value("--so-pin-file"), prompt: "New security officer PIN: ",
-            what: "security officer PIN", fileOption: "--so-pin-file")
+            what: "security officer PIN", fileOption: "--so-pin-file", confirm: true)
         defer { securityOfficerPIN.wipe() }
         let userPIN = try SecretInput.read(
-            variable: "TOKENTLS_PIN", file: options.pinFile, prompt: "New user PIN: ", what: "PIN", fileOption: "--pin-file")
+            variable: "TOKENTLS_PIN", file: options.pinFile, prompt: "New user PIN: ", what: "PIN", fileOption: "--pin-file",
+            confirm: true)
         defer { userPIN.wipe() }
         let token = try module.initializeToken(
             inSlot: free.slot, label: label, securityOfficerPIN: securityOfficerPIN, userPIN: userPIN)

@@ -25,7 +25,7 @@ struct BadInputTests {
             environment: ["TOKENTLS_PFX_PASSWORD": "wrong"], status: 1, message: "wrong password for"),
         Case(
             name: "password missing", arguments: ["import-pfx", "client-legacy.pfx"], environment: [:], status: 1,
-            message: "the file needs a password"),
+            message: "needs a password and none was given"),
         Case(
             name: "truncated file", arguments: ["import-pfx", "truncated.pfx"], environment: [:], status: 1,
             message: "is not a valid PFX"),
@@ -47,7 +47,7 @@ struct BadInputTests {
             message: "unsupported key type DSA"),
         Case(
             name: "missing file", arguments: ["import-pfx", "no-such-file.pfx"], environment: [:], status: 1,
-            message: "cannot read"),
+            message: "no-such-file.pfx: no such file"),
         Case(
             name: "wrong PIN", arguments: ["import-pfx", "client.pfx"], environment: ["TOKENTLS_PIN": "wrong-pin"], status: 3,
             message: "wrong PIN for token"),
