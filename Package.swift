@@ -49,6 +49,11 @@ let package = Package(
             name: "tokentls",
             dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL"]
         ),
+        .executableTarget(
+            name: "tokentls-bench",
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "CTokenProvider"],
+            path: "Benchmarks/tokentls-bench"
+        ),
         .target(
             name: "TestSupport",
             dependencies: ["TokenStore", "PKCS11"],

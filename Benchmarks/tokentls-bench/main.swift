@@ -1,0 +1,2 @@
+// Placeholder for the benchmark program; scripts/bench runs it.
+print("tokentls-bench: not written yet")
