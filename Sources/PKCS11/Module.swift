@@ -155,8 +155,24 @@ public final class Module: @unchecked Sendable {
     }
 
     /// Every token the module presents, initialised or not.
+    ///
+    /// A slot whose token cannot be described after three tries is left out: SoftHSM
+    /// answers `CKR_GENERAL_ERROR` for a token that another process is initialising.
     public func tokens() throws -> [Token] {
-        try slotsWithToken().map { try token(inSlot: $0) }
+        var tokens: [Token] = []
+        for slot in try slotsWithToken() {
+            for attempt in 1...3 {
+                do {
+                    tokens.append(try token(inSlot: slot))
+                    break
+                } catch let error as PKCS11Error where error.returnValue != UInt(CKR_CRYPTOKI_NOT_INITIALIZED) {
+                    if attempt < 3 {
+                        usleep(20_000)
+                    }
+                }
+            }
+        }
+        return tokens
     }
 
     /// The mechanisms the token in `slot` supports.

@@ -1,3 +1,5 @@
+import CP11Kit
+
 /// An error from a PKCS#11 module or from loading one.
 ///
 /// A call failure keeps the raw `CK_RV` (vendor codes included), the name of the
@@ -65,6 +67,14 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
         case .moduleLoad, .tokenNotFound, .invalidURI, .protocolViolation, .invalidPIN:
             return context
         }
+    }
+
+    /// Whether a read failed only because another process changed the token meanwhile:
+    /// the object went away, or an attribute changed size between the two
+    /// `C_GetAttributeValue` calls. Reading again can succeed.
+    public static func isTransientRead(_ error: PKCS11Error) -> Bool {
+        error.kind == .call
+            && (error.returnValue == UInt(CKR_OBJECT_HANDLE_INVALID) || error.returnValue == UInt(CKR_BUFFER_TOO_SMALL))
     }
 
     public static func == (lhs: PKCS11Error, rhs: PKCS11Error) -> Bool {

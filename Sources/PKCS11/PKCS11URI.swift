@@ -69,13 +69,13 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         }
 
         if let info = p11_kit_uri_get_token_info(uri) {
-            token = PKCS11URI.field(info.pointee.label)
-            manufacturer = PKCS11URI.field(info.pointee.manufacturerID)
-            model = PKCS11URI.field(info.pointee.model)
-            serial = PKCS11URI.field(info.pointee.serialNumber)
+            token = try PKCS11URI.field(info.pointee.label, "token", in: text)
+            manufacturer = try PKCS11URI.field(info.pointee.manufacturerID, "manufacturer", in: text)
+            model = try PKCS11URI.field(info.pointee.model, "model", in: text)
+            serial = try PKCS11URI.field(info.pointee.serialNumber, "serial", in: text)
         }
         if let label = p11_kit_uri_get_attribute(uri, CK_ATTRIBUTE_TYPE(CKA_LABEL)) {
-            object = String(decoding: PKCS11URI.bytes(label.pointee), as: UTF8.self)
+            object = try PKCS11URI.utf8(PKCS11URI.bytes(label.pointee), "object", in: text)
         }
         if let identifier = p11_kit_uri_get_attribute(uri, CK_ATTRIBUTE_TYPE(CKA_ID)) {
             id = PKCS11URI.bytes(identifier.pointee)
@@ -125,9 +125,12 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         if let object { parts.append("object=" + PKCS11URI.encode(Array(object.utf8))) }
         if let id { parts.append("id=" + PKCS11URI.encode(id, everyByte: true)) }
         if let type { parts.append("type=" + type.rawValue) }
+        var query: [String] = []
+        if let modulePath { query.append("module-path=" + PKCS11URI.encode(Array(modulePath.utf8))) }
+        if let pinSource { query.append("pin-source=" + PKCS11URI.encode(Array(pinSource.utf8))) }
         var text = "pkcs11:" + parts.joined(separator: ";")
-        if let modulePath {
-            text += "?module-path=" + PKCS11URI.encode(Array(modulePath.utf8))
+        if !query.isEmpty {
+            text += "?" + query.joined(separator: "&")
         }
         return text
     }
@@ -148,13 +151,29 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
 
     /// A token-info field from p11-kit: all zero bytes when the URI left it out,
     /// otherwise blank-padded.
-    private static func field<T>(_ value: T) -> String? {
-        withUnsafeBytes(of: value) { bytes in
-            if bytes.allSatisfy({ $0 == 0 }) {
-                return nil
-            }
-            return paddedString(value)
+    private static func field<T>(_ value: T, _ attribute: String, in text: String) throws -> String? {
+        let bytes = withUnsafeBytes(of: value) { Array($0) }
+        if bytes.allSatisfy({ $0 == 0 }) {
+            return nil
         }
+        _ = try utf8(bytes, attribute, in: text)
+        return paddedString(value)
+    }
+
+    /// Decodes an attribute value that PKCS#11 defines as UTF-8 text (`CK_UTF8CHAR`).
+    ///
+    /// Invalid UTF-8 is rejected rather than replaced with U+FFFD: no conforming token
+    /// has such a label, and the replaced text would make `description` name another
+    /// value, which can even exceed the 32-byte token label field.
+    private static func utf8(_ bytes: [UInt8], _ attribute: String, in text: String) throws -> String {
+        guard let value = String(validating: bytes, as: UTF8.self) else {
+            throw PKCS11Error(
+                kind: .invalidURI,
+                context:
+                    "invalid PKCS#11 URI \"\(text)\": the \(attribute) value is not valid UTF-8; percent-encode the UTF-8 bytes of the label"
+            )
+        }
+        return value
     }
 
     private static func bytes(_ attribute: CK_ATTRIBUTE) -> [UInt8] {

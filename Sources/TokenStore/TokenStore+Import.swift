@@ -19,6 +19,13 @@ extension TokenStore {
         let id = certificate.keyIdentifier
         let objectLabel = label ?? contents.friendlyName ?? TokenStore.commonName(certificate) ?? certificate.sha1Thumbprint
 
+        return try TokenLock.with(token, .exclusive) {
+            try writeIdentity(contents, id: id, label: objectLabel, exportable: exportable)
+        }
+    }
+
+    private func writeIdentity(_ contents: PFXContents, id: [UInt8], label objectLabel: String, exportable: Bool) throws -> ImportResult {
+        let certificate = contents.certificate
         return try pool.withSession { session in
             let existing = try readIdentities(session).first { $0.certificate.der == certificate.der }
             let hasPrivateKey = try !session.findObjects([

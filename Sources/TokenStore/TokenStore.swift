@@ -15,7 +15,8 @@ public final class TokenStore: Sendable {
     public init(token: Token, pin: SecretBytes?) throws {
         self.token = token
         do {
-            pool = try SessionPool(token: token, pin: pin)
+            // Logging in reads the token, so it waits while another process writes.
+            pool = try TokenLock.with(token, .shared) { try SessionPool(token: token, pin: pin) }
         } catch let error as PKCS11Error {
             throw TokenStore.loginError(error, token: token)
         }
@@ -44,25 +45,71 @@ public final class TokenStore: Sendable {
 
     /// All certificates in the token, each with its key objects when present.
     public func identities() throws -> [Identity] {
-        try pool.withSession { session in
-            try readIdentities(session)
+        try TokenLock.with(token, .shared) {
+            try pool.withSession { session in
+                try readIdentities(session)
+            }
         }
     }
 
-    /// Private keys whose `CKA_ID` no certificate shares: leftovers of an interrupted
-    /// import or keys made for other tools.
-    public func keysWithoutCertificate() throws -> [(id: [UInt8], label: String)] {
+    /// A key object that no certificate in the token shares a `CKA_ID` with.
+    public struct LeftoverKey: Sendable {
+        public let object: ObjectHandle
+        public let id: [UInt8]
+        public let label: String
+        /// "private key" or "public key".
+        public let kind: String
+    }
+
+    /// Key objects whose `CKA_ID` no certificate shares: the leftovers of an import
+    /// that was interrupted before its certificate was written, or keys made by other
+    /// tools that have no certificate yet.
+    public func leftoverKeys() throws -> [LeftoverKey] {
+        try TokenLock.with(token, .shared) {
+            try readLeftoverKeys()
+        }
+    }
+
+    private func readLeftoverKeys() throws -> [LeftoverKey] {
         try pool.withSession { session in
             let certificateIDs = Set(try readIdentities(session).map(\.id))
-            var orphans: [(id: [UInt8], label: String)] = []
-            for key in try session.findObjects([.ulong(UInt(CKA_CLASS), UInt(CKO_PRIVATE_KEY))]) {
-                let values = try session.attributes(key, [UInt(CKA_ID), UInt(CKA_LABEL)])
-                let id = values[UInt(CKA_ID)] ?? []
-                if !certificateIDs.contains(id) {
-                    orphans.append((id, String(decoding: values[UInt(CKA_LABEL)] ?? [], as: UTF8.self)))
+            var leftovers: [LeftoverKey] = []
+            for (objectClass, kind) in [(UInt(CKO_PRIVATE_KEY), "private key"), (UInt(CKO_PUBLIC_KEY), "public key")] {
+                for key in try session.findObjects([.ulong(UInt(CKA_CLASS), objectClass)]) {
+                    let values = try session.attributes(key, [UInt(CKA_ID), UInt(CKA_LABEL)])
+                    let id = values[UInt(CKA_ID)] ?? []
+                    if !certificateIDs.contains(id) {
+                        let label = String(decoding: values[UInt(CKA_LABEL)] ?? [], as: UTF8.self)
+                        leftovers.append(LeftoverKey(object: key, id: id, label: label, kind: kind))
+                    }
                 }
             }
-            return orphans
+            return leftovers
+        }
+    }
+
+    /// Destroys the leftover key objects among `leftovers` that are still leftovers
+    /// now, and returns how many it destroyed.
+    @discardableResult
+    public func removeLeftovers(_ leftovers: [LeftoverKey]) throws -> Int {
+        try TokenLock.with(token, .exclusive) {
+            // Check again under the lock: an import may have completed meanwhile.
+            let current = Set(try readLeftoverKeys().map(\.object))
+            let stale = leftovers.filter { current.contains($0.object) }
+            try destroy(stale)
+            return stale.count
+        }
+    }
+
+    private func destroy(_ leftovers: [LeftoverKey]) throws {
+        try pool.withSession { session in
+            for leftover in leftovers {
+                do {
+                    try session.destroyObject(leftover.object)
+                } catch let error as PKCS11Error {
+                    throw TokenStoreError(.token, "removing the \(leftover.kind) \"\(leftover.label)\" failed: \(error)", underlying: error)
+                }
+            }
         }
     }
 
@@ -106,7 +153,22 @@ public final class TokenStore: Sendable {
             .ambiguousIdentity, "\(matches.count) identities match \(uri) in \(token): add id= to the URI or use --thumbprint")
     }
 
+    /// Reads every identity, starting over when an object disappears during the read.
+    ///
+    /// Another process that writes to the same token (SoftHSM's file store is shared)
+    /// can make a handle from `C_FindObjects` invalid before its attributes are read.
     func readIdentities(_ session: Session) throws -> [Identity] {
+        var attempt = 1
+        while true {
+            do {
+                return try readIdentitiesOnce(session)
+            } catch let error as PKCS11Error where PKCS11Error.isTransientRead(error) && attempt < 5 {
+                attempt += 1
+            }
+        }
+    }
+
+    private func readIdentitiesOnce(_ session: Session) throws -> [Identity] {
         var keys: [[UInt8]: (handle: ObjectHandle, exportable: Bool?, allowed: Set<UInt>)] = [:]
         for key in try session.findObjects([.ulong(UInt(CKA_CLASS), UInt(CKO_PRIVATE_KEY))]) {
             let values = try session.attributes(key, [UInt(CKA_ID), UInt(CKA_EXTRACTABLE), UInt(CKA_ALLOWED_MECHANISMS)])
@@ -165,6 +227,12 @@ public final class TokenStore: Sendable {
     /// Destroys the identity's certificate, private key and public key objects.
     /// CA certificates stay, because other identities may share them.
     public func remove(_ identity: Identity) throws {
+        try TokenLock.with(token, .exclusive) {
+            try removeObjects(of: identity)
+        }
+    }
+
+    private func removeObjects(of identity: Identity) throws {
         try pool.withSession { session in
             for object in [identity.certificateObject, identity.privateKeyObject, identity.publicKeyObject].compactMap({ $0 }) {
                 do {

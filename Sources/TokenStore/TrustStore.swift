@@ -33,8 +33,9 @@ public struct TrustStore: Sendable {
 
     /// Every certificate in the token with `CKA_TRUSTED` true.
     public func anchors() throws -> [Anchor] {
-        let session = try token.openSession()
-        return try TrustStore.anchors(session)
+        try TokenLock.with(token, .shared) {
+            try TrustStore.anchors(try token.openSession())
+        }
     }
 
     static func anchors(_ session: Session) throws -> [Anchor] {
@@ -68,6 +69,12 @@ public struct TrustStore: Sendable {
                 "\(certificate.subject) (\(certificate.sha1Thumbprint)) in \(source) is not a CA certificate: the root store holds only CA certificates"
             )
         }
+        return try TokenLock.with(token, .exclusive) {
+            try write(certificates, securityOfficerPIN: securityOfficerPIN, source: source)
+        }
+    }
+
+    private func write(_ certificates: [Certificate], securityOfficerPIN: SecretBytes, source: String) throws -> [AddResult] {
         let session = try token.openSession()
         try loginSecurityOfficer(session, pin: securityOfficerPIN)
         defer { try? session.logout() }
@@ -102,13 +109,19 @@ public struct TrustStore: Sendable {
                 "invalid thumbprint \"\(thumbprint)\": expected 40 hexadecimal digits (SHA-1), as 'tokentls trust list' prints them"
             )
         }
+        return try TokenLock.with(token, .exclusive) {
+            try destroyAnchor(hexString(wanted), securityOfficerPIN: securityOfficerPIN)
+        }
+    }
+
+    private func destroyAnchor(_ thumbprint: String, securityOfficerPIN: SecretBytes) throws -> Certificate {
         let session = try token.openSession()
         try loginSecurityOfficer(session, pin: securityOfficerPIN)
         defer { try? session.logout() }
-        guard let anchor = try TrustStore.anchors(session).first(where: { $0.thumbprint == hexString(wanted) }) else {
+        guard let anchor = try TrustStore.anchors(session).first(where: { $0.thumbprint == thumbprint }) else {
             throw TokenStoreError(
                 .identityNotFound,
-                "no trust anchor with thumbprint \(hexString(wanted)) in \(token): run 'tokentls trust list' to see them")
+                "no trust anchor with thumbprint \(thumbprint) in \(token): run 'tokentls trust list' to see them")
         }
         do {
             try session.destroyObject(anchor.object)
@@ -152,7 +165,12 @@ public struct TrustStore: Sendable {
 extension TokenStore {
     /// The certificates in `token` that are not trust anchors, read without logging in.
     public static func publicCertificates(on token: Token) throws -> [Certificate] {
-        let session = try token.openSession()
+        try TokenLock.with(token, .shared) {
+            try readPublicCertificates(try token.openSession())
+        }
+    }
+
+    private static func readPublicCertificates(_ session: Session) throws -> [Certificate] {
         let template: [Attribute] = [
             .ulong(UInt(CKA_CLASS), UInt(CKO_CERTIFICATE)),
             .ulong(UInt(CKA_CERTIFICATE_TYPE), UInt(CKC_X_509)),

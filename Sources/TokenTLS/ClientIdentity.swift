@@ -73,7 +73,7 @@ public final class ClientIdentity: @unchecked Sendable {
             )
         }
 
-        signingKey = SigningKey(pool: store.pool, object: keyObject, kind: kind, name: "\(identity.thumbprint) in \(store.token)")
+        signingKey = SigningKey(pool: store.pool, object: keyObject, id: identity.id, kind: kind, name: "\(identity.thumbprint) in \(store.token)")
         certificate = try ClientIdentity.parse(identity.certificate)
         let reference = SigningKeyRegistry.register(signingKey)
         OpenSSLErrorQueue.clear()
@@ -103,6 +103,14 @@ public final class ClientIdentity: @unchecked Sendable {
     public var lastSigningError: String? { signingKey.lastError }
 
     func clearSigningError() { signingKey.clearLastError() }
+
+    /// Runs `body` with the token-backed `EVP_PKEY *`, for signing outside a TLS handshake.
+    ///
+    /// The pointer is valid only during `body`; call `EVP_PKEY_up_ref` to keep it longer.
+    /// Its private half cannot be exported.
+    public func withPrivateKey<Result>(_ body: (OpaquePointer) throws -> Result) rethrows -> Result {
+        try body(key)
+    }
 
     /// Installs the certificate, its CA certificates, the token key and the signature
     /// algorithms the token can perform into `sslContext` (an `SSL_CTX *`).

@@ -19,16 +19,19 @@ final class SigningKey: Sendable {
     }
 
     let pool: SessionPool
-    let object: ObjectHandle
+    /// The key's handle, looked up again by `CKA_ID` when the token no longer accepts it.
+    private let object: Mutex<ObjectHandle>
+    let id: [UInt8]
     let kind: KeyKind
     let name: String
     private let signatures = Atomic<Int>(0)
     private let mechanismCounts = Mutex<[String: Int]>([:])
     private let failure = Mutex<String?>(nil)
 
-    init(pool: SessionPool, object: ObjectHandle, kind: KeyKind, name: String) {
+    init(pool: SessionPool, object: ObjectHandle, id: [UInt8], kind: KeyKind, name: String) {
         self.pool = pool
-        self.object = object
+        self.object = Mutex(object)
+        self.id = id
         self.kind = kind
         self.name = name
     }
@@ -67,14 +70,32 @@ final class SigningKey: Sendable {
             throw SigningError("the handshake asked for an unknown signature scheme \(scheme.rawValue)")
         }
         do {
-            let signature = try pool.withSession { session in
-                try session.sign(mechanism, key: object, data: input)
+            // The shared token lock keeps the signature out of another process's writes,
+            // which SoftHSM's file store does not isolate.
+            let signature = try TokenLock.with(pool.token, .shared) {
+                try signWithSession(mechanism, input: input)
             }
             signatures.add(1, ordering: .relaxed)
             mechanismCounts.withLock { $0[mechanism.name, default: 0] += 1 }
             return signature
         } catch let error as PKCS11Error {
             throw SigningError("token signing with \(mechanism.name) for \(name) failed: \(error)")
+        }
+    }
+
+    private func signWithSession(_ mechanism: Mechanism, input: [UInt8]) throws -> [UInt8] {
+        try pool.withSession { session in
+            do {
+                return try session.sign(mechanism, key: object.withLock { $0 }, data: input)
+            } catch let error as PKCS11Error where error.returnValue == UInt(CKR_KEY_HANDLE_INVALID) {
+                // Another process changed the token and this module renumbered its objects.
+                let found = try session.findObjects([
+                    .ulong(UInt(CKA_CLASS), UInt(CKO_PRIVATE_KEY)), .bytes(UInt(CKA_ID), id),
+                ])
+                guard found.count == 1 else { throw error }
+                object.withLock { $0 = found[0] }
+                return try session.sign(mechanism, key: found[0], data: input)
+            }
         }
     }
 

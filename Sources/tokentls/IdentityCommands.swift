@@ -58,7 +58,7 @@ enum IdentityCommands {
         }
         let store = try TokenOptions(parsed).openStore()
         let identities = try store.identities()
-        let orphans = try store.keysWithoutCertificate()
+        let leftovers = try store.leftoverKeys()
         if parsed.has("--json") {
             try output.json(identities.map(IdentityRow.init))
         } else if identities.isEmpty {
@@ -72,10 +72,10 @@ enum IdentityCommands {
             }
             output.table(header: ["Thumbprint", "Key", "Subject"], rows: rows)
         }
-        for orphan in orphans {
+        for leftover in leftovers {
             output.diagnostic(
-                "tokentls: warning: private key \"\(orphan.label)\" (id \(hexString(orphan.id, uppercase: false))) has no certificate in the token"
-            )
+                "tokentls: warning: \(leftover.kind) \"\(leftover.label)\" (id \(hexString(leftover.id, uppercase: false))) has no certificate; "
+                    + "'tokentls repair' lists such leftovers and removes them with --yes")
         }
     }
 
@@ -88,6 +88,28 @@ enum IdentityCommands {
         let identity = try store.identity(thumbprint: parsed.operands[0])
         try store.remove(identity)
         output.line("Removed \(identity.thumbprint) (\(identity.certificate.subject)) from token \"\(store.token.label)\"")
+    }
+
+    /// Lists key objects without a certificate and, with --yes, destroys them.
+    static func repair(_ arguments: [String], output: Output) throws {
+        let parsed = try Arguments(arguments, flags: ["--yes"], valued: TokenOptions.valued)
+        guard parsed.operands.isEmpty else {
+            throw UsageError("unexpected argument '\(parsed.operands[0])' for 'repair'")
+        }
+        let store = try TokenOptions(parsed).openStore()
+        let leftovers = try store.leftoverKeys()
+        if leftovers.isEmpty {
+            output.line("Token \"\(store.token.label)\" is consistent: every key object has a certificate.")
+            return
+        }
+        let rows = leftovers.map { [$0.kind, hexString($0.id, uppercase: false), $0.label] }
+        output.table(header: ["Object", "CKA_ID", "Label"], rows: rows)
+        guard parsed.has("--yes") else {
+            output.line("\(leftovers.count) key object(s) have no certificate. Run 'tokentls repair --yes' to remove them.")
+            return
+        }
+        let removed = try store.removeLeftovers(leftovers)
+        output.line("Removed \(removed) key object(s) from token \"\(store.token.label)\".")
     }
 
     static func exportPFX(_ arguments: [String], output: Output) throws {

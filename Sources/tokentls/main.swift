@@ -13,6 +13,7 @@ let usage = """
       list [--json]
       remove THUMBPRINT
       export-pfx THUMBPRINT --out FILE [--password-file FILE]
+      repair [--yes]          list key objects left without a certificate; --yes removes them
     HTTPS with a client certificate from the token:
       request URL [--thumbprint HEX | --key-uri pkcs11:... | --no-client-certificate] [--root-store-only] [curl options]
         without an identity, one is chosen from the CA names the server sends
@@ -51,6 +52,7 @@ func run() throws {
     case "list": try IdentityCommands.list(rest, output: output)
     case "remove": try IdentityCommands.remove(rest, output: output)
     case "export-pfx": try IdentityCommands.exportPFX(rest, output: output)
+    case "repair": try IdentityCommands.repair(rest, output: output)
     case "request": try RequestCommand.run(rest, output: output)
     case "token": try TokenCommands.run(rest, output: output)
     case "trust": try TrustCommands.run(rest, output: output)

@@ -114,13 +114,30 @@ public final class TestEnvironment: Sendable {
     }
 
     /// Runs a program to completion without a terminal and collects its output.
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+        try spawn(path, arguments, environment: environment).wait()
+    }
+
+    /// Starts `tokentls` like `tokentls(_:token:environment:)` without waiting for it.
+    public func spawnTokentls(_ arguments: [String], token: String?, environment extra: [String: String] = [:]) throws -> RunningProcess {
+        var environment = ProcessInfo.processInfo.environment
+        environment["SOFTHSM2_CONF"] = softHSMConfiguration.path
+        environment["TOKENTLS_PIN"] = TestEnvironment.userPIN
+        environment["TOKENTLS_TOKEN"] = token
+        environment.removeValue(forKey: "TOKENTLS_PFX_PASSWORD")
+        for (key, value) in extra {
+            environment[key] = value
+        }
+        return try TestEnvironment.spawn(binary, arguments, environment: environment)
+    }
+
+    /// Starts a program without a terminal.
     ///
     /// Output goes through temporary files rather than pipes, because a daemon the
     /// program starts (nginx) would keep a pipe open long after the program exits.
-    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+    public static func spawn(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> RunningProcess {
         let folder = NSTemporaryDirectory() + "tokentls-run-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
-        defer { try? FileManager.default.removeItem(atPath: folder) }
         let outputPath = folder + "/stdout"
         let errorPath = folder + "/stderr"
 
@@ -141,16 +158,35 @@ public final class TestEnvironment: Sendable {
         var pid: pid_t = 0
         let spawned = posix_spawn(&pid, path, &actions, nil, argv, envp)
         guard spawned == 0 else {
+            try? FileManager.default.removeItem(atPath: folder)
             throw TestFailure("starting \(path) failed: \(String(cString: strerror(spawned)))")
         }
+        return RunningProcess(pid: pid, folder: folder)
+    }
+}
+
+/// A program started by `TestEnvironment.spawn`.
+public struct RunningProcess: Sendable {
+    public let pid: pid_t
+    let folder: String
+
+    /// Waits for the program to end and collects its output.
+    public func wait() -> ProcessResult {
+        defer { try? FileManager.default.removeItem(atPath: folder) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let signalled = (status & 0x7f) != 0
         return ProcessResult(
             status: signalled ? -1 : (status >> 8) & 0xff,
-            standardOutput: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "",
-            standardError: (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "",
+            standardOutput: (try? String(contentsOfFile: folder + "/stdout", encoding: .utf8)) ?? "",
+            standardError: (try? String(contentsOfFile: folder + "/stderr", encoding: .utf8)) ?? "",
             terminatedBySignal: signalled)
+    }
+
+    /// Sends SIGKILL and waits for the program to end.
+    public func kill() -> ProcessResult {
+        _ = Glibc.kill(pid, SIGKILL)
+        return wait()
     }
 }
 
