@@ -80,15 +80,15 @@ struct MutualTLSTests {
         #expect(response.header("X-Client-Verify") == "NONE")
     }
 
-    @Test("eight threads share one identity")
-    func concurrentRequests() throws {
+    @Test("threads share one identity", arguments: [(8, 25, "client-ec256.pfx"), (16, 100, "client.pfx")])
+    func concurrentRequests(_ load: (threads: Int, requestsPerThread: Int, pfx: String)) throws {
         let store = try environment.makeToken("threads")
-        let identity = try store.importIdentity(environment.pfx("client-ec256.pfx"), exportable: false).identity
+        let identity = try store.importIdentity(environment.pfx(load.pfx), exportable: false).identity
         let client = HTTPClient(identity: try ClientIdentity(store: store, identity: identity))
         let url = "https://localhost:\(server.mtlsPort)/hello-world.txt"
         let caFile = environment.certificate("server-ca.crt")
-        let threads = 8
-        let requestsPerThread = 25
+        let threads = load.threads
+        let requestsPerThread = load.requestsPerThread
         let verified = Mutex(0)
         let failures = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
