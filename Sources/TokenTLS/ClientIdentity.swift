@@ -73,7 +73,8 @@ public final class ClientIdentity: @unchecked Sendable {
             )
         }
 
-        signingKey = SigningKey(pool: store.pool, object: keyObject, id: identity.id, kind: kind, name: "\(identity.thumbprint) in \(store.token)")
+        signingKey = SigningKey(
+            pool: store.pool, object: keyObject, id: identity.id, kind: kind, name: "\(identity.thumbprint) in \(store.token)")
         certificate = try ClientIdentity.parse(identity.certificate)
         let reference = SigningKeyRegistry.register(signingKey)
         OpenSSLErrorQueue.clear()

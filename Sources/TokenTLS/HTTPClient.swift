@@ -84,6 +84,7 @@ public final class HTTPClient: Sendable {
     /// The identity automatic selection chose for the most recent request, if any.
     public var lastSelectedIdentity: ClientIdentity? { lastSelected.withLock { $0 } }
     private let lastSelected = Mutex<ClientIdentity?>(nil)
+    private let certificateStores = CertificateStoreCache()
 
     /// A client that picks its identity per connection from the CA names the server sends.
     public init(selection: AutomaticSelection) {
@@ -111,7 +112,8 @@ public final class HTTPClient: Sendable {
         }
         defer { curl_easy_cleanup(handle) }
 
-        let transfer = Transfer(identity: identity, handle: handle, request: request, selection: selection)
+        let transfer = Transfer(
+            identity: identity, handle: handle, request: request, selection: selection, certificateStores: certificateStores)
         let transferPointer = Unmanaged.passRetained(transfer)
         defer { transferPointer.release() }
         let opaque = transferPointer.toOpaque()
@@ -166,6 +168,9 @@ public final class HTTPClient: Sendable {
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_VERBOSE, request.verbose ? 1 : 0))
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, request.followRedirects ? 1 : 0))
         results.append(tokentls_curl_setopt_long(handle, CURLOPT_SSLVERSION, sslVersion(request)))
+        // The trust anchors come from CertificateStoreCache, so libcurl loads no CA file of its own.
+        results.append(tokentls_curl_setopt_pointer(handle, CURLOPT_CAINFO, nil))
+        results.append(tokentls_curl_setopt_pointer(handle, CURLOPT_CAPATH, nil))
         if let connectTimeout = request.connectTimeout {
             results.append(tokentls_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(connectTimeout * 1000)))
         }
@@ -237,7 +242,13 @@ final class Transfer: @unchecked Sendable {
     var tlsVersion: String?
     let handle: UnsafeMutableRawPointer
 
-    init(identity: ClientIdentity?, handle: UnsafeMutableRawPointer, request: HTTPRequest, selection: AutomaticSelection?) {
+    let certificateStores: CertificateStoreCache
+
+    init(
+        identity: ClientIdentity?, handle: UnsafeMutableRawPointer, request: HTTPRequest, selection: AutomaticSelection?,
+        certificateStores: CertificateStoreCache
+    ) {
+        self.certificateStores = certificateStores
         self.identity = identity
         self.handle = handle
         self.request = request
@@ -299,28 +310,11 @@ private func configureSSLContext(
     }
 }
 
-/// Sets the anchors for the server's certificate: the system bundle libcurl loaded
-/// (unless `useSystemRoots` is false), the root store, and `caFile`.
+/// Sets the anchors for the server's certificate (the system bundle unless
+/// `useSystemRoots` is false, the root store, and `caFile`) and records why a
+/// server certificate fails verification.
 private func installTrust(_ ctx: OpaquePointer, transfer: Transfer) throws {
-    let request = transfer.request
-    if !request.useSystemRoots {
-        guard let empty = X509_STORE_new() else {
-            throw TLSError(.configuration, "allocating a certificate store failed")
-        }
-        SSL_CTX_set_cert_store(ctx, empty)
-    }
-    guard let store = SSL_CTX_get_cert_store(ctx) else {
-        throw TLSError(.configuration, "the TLS context has no certificate store")
-    }
-    for anchor in request.trustAnchors {
-        try anchor.withX509 { _ = X509_STORE_add_cert(store, $0) }
-    }
-    if let caFile = request.caFile {
-        OpenSSLErrorQueue.clear()
-        guard X509_STORE_load_file(store, caFile) == 1 else {
-            throw TLSError(.configuration, "cannot load CA certificates from --cacert \(caFile): \(OpenSSLErrorQueue.drain())")
-        }
-    }
+    try transfer.certificateStores.install(into: ctx, for: transfer.request)
     let index = tokentls_ssl_ctx_ex_index()
     guard index >= 0, SSL_CTX_set_ex_data(ctx, index, Unmanaged.passUnretained(transfer).toOpaque()) == 1 else {
         throw TLSError(.configuration, "attaching the transfer state to the TLS context failed")
