@@ -54,6 +54,11 @@ let package = Package(
             dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CP11Kit", "COpenSSL", "CShims", "CTokenProvider"],
             path: "Benchmarks/tokentls-bench"
         ),
+        .executableTarget(
+            name: "tokentls-fork-check",
+            dependencies: ["TokenTLS", "TokenStore", "PKCS11", "CShims"],
+            path: "Tests/ForkCheck"
+        ),
         .target(
             name: "TestSupport",
             dependencies: ["TokenStore", "PKCS11"],

@@ -1,5 +1,7 @@
 #include "shims.h"
 
+#include <unistd.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <string.h>
@@ -145,3 +147,5 @@ CURLcode tokentls_curl_getinfo_string(CURL *handle, CURLINFO info, const char **
 CURLcode tokentls_curl_getinfo_pointer(CURL *handle, CURLINFO info, void **value) {
     return curl_easy_getinfo(handle, info, value);
 }
+
+int tokentls_fork(void) { return (int)fork(); }

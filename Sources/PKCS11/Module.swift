@@ -16,6 +16,11 @@ public final class Module: @unchecked Sendable {
     /// then `finalize()` leaves it initialised.
     private let ownsInitialization: Bool
     private let finalized = Atomic<Bool>(false)
+    /// The process that initialised the module; a different `getpid()` means this is a
+    /// child after `fork()`, where PKCS#11 requires a new `C_Initialize`.
+    private let initializedProcess: Atomic<Int32>
+    private let generationCounter = Atomic<Int>(0)
+    private let forkRecovery = Mutex(())
 
     private static let loaded = Mutex<[String: Module]>([:])
 
@@ -71,6 +76,7 @@ public final class Module: @unchecked Sendable {
             p11_kit_module_release(list)
             throw PKCS11Error(kind: .moduleLoad, context: "\(path) has no C_Initialize: it is not a PKCS#11 module")
         }
+        initializedProcess = Atomic(getpid())
         let rv = withUnsafeMutablePointer(to: &arguments) { initialize(UnsafeMutableRawPointer($0)) }
         Trace.call("C_Initialize", rv)
         switch UInt(rv) {
@@ -117,6 +123,7 @@ public final class Module: @unchecked Sendable {
         guard !finalized.load(ordering: .acquiring) else {
             throw PKCS11Error.call(name, UInt(CKR_CRYPTOKI_NOT_INITIALIZED), context: "module \(path) was finalised")
         }
+        try initializeIfForked()
         guard let pointer = functions.pointee[keyPath: function] else {
             throw PKCS11Error.call(name, UInt(CKR_FUNCTION_NOT_SUPPORTED), context: "module \(path) does not provide \(name)")
         }
@@ -126,6 +133,50 @@ public final class Module: @unchecked Sendable {
             throw PKCS11Error.call(name, rv, context: context())
         }
         return rv
+    }
+
+    /// Initialises the module again when this is a child process after `fork()`.
+    /// Every `C_` call through the module does this first.
+    public func initializeIfForked() throws {
+        if initializedProcess.load(ordering: .acquiring) != getpid() {
+            try initializeAfterFork()
+        }
+    }
+
+    /// Counts the initialisations of the module in this process; it changes in a child
+    /// after `fork()`, when every session and object handle of the parent is void.
+    public var generation: Int { generationCounter.load(ordering: .acquiring) }
+
+    /// Initialises the module again in a child process. A module that kept its state
+    /// across the fork (SoftHSM does unless `library.reset_on_fork` is set) reports
+    /// `CKR_CRYPTOKI_ALREADY_INITIALIZED`, so it is finalised first to drop the
+    /// parent's sessions.
+    ///
+    /// NOTE: a lock that another parent thread held at the moment of `fork()` stays
+    /// locked in the child; fork while no other thread uses TokenTLS.
+    private func initializeAfterFork() throws {
+        try forkRecovery.withLock { _ in
+            guard initializedProcess.load(ordering: .acquiring) != getpid() else {
+                return
+            }
+            guard let initialize = functions.pointee.C_Initialize else {
+                throw PKCS11Error.call("C_Initialize", UInt(CKR_FUNCTION_NOT_SUPPORTED), context: "module \(path)")
+            }
+            var arguments = CK_C_INITIALIZE_ARGS()
+            arguments.flags = CK_FLAGS(CKF_OS_LOCKING_OK)
+            var rv = withUnsafeMutablePointer(to: &arguments) { initialize(UnsafeMutableRawPointer($0)) }
+            Trace.call("C_Initialize", rv, detail: "after fork")
+            if UInt(rv) == UInt(CKR_CRYPTOKI_ALREADY_INITIALIZED), let finalizeFunction = functions.pointee.C_Finalize {
+                Trace.call("C_Finalize", finalizeFunction(nil), detail: "after fork")
+                rv = withUnsafeMutablePointer(to: &arguments) { initialize(UnsafeMutableRawPointer($0)) }
+                Trace.call("C_Initialize", rv, detail: "after fork")
+            }
+            guard UInt(rv) == UInt(CKR_OK) else {
+                throw PKCS11Error.call("C_Initialize", UInt(rv), context: "module \(path) in a child process after fork")
+            }
+            generationCounter.add(1, ordering: .acquiringAndReleasing)
+            initializedProcess.store(getpid(), ordering: .releasing)
+        }
     }
 
     /// The module's description from `C_GetInfo`: manufacturer, library description and version.

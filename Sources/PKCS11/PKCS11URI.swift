@@ -126,8 +126,8 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         if let id { parts.append("id=" + PKCS11URI.encode(id, everyByte: true)) }
         if let type { parts.append("type=" + type.rawValue) }
         var query: [String] = []
-        if let modulePath { query.append("module-path=" + PKCS11URI.encode(Array(modulePath.utf8))) }
-        if let pinSource { query.append("pin-source=" + PKCS11URI.encode(Array(pinSource.utf8))) }
+        if let modulePath { query.append("module-path=" + PKCS11URI.encode(Array(modulePath.utf8), inQuery: true)) }
+        if let pinSource { query.append("pin-source=" + PKCS11URI.encode(Array(pinSource.utf8), inQuery: true)) }
         var text = "pkcs11:" + parts.joined(separator: ";")
         if !query.isEmpty {
             text += "?" + query.joined(separator: "&")
@@ -136,8 +136,12 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Percent-encodes bytes for a path attribute; `everyByte` encodes all of them, as is usual for `id`.
-    static func encode(_ bytes: [UInt8], everyByte: Bool = false) -> String {
-        let unreserved = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:[]@!$'()*+,=&".utf8)
+    /// `inQuery` also encodes "&", which separates query attributes but may stand as is in the path.
+    static func encode(_ bytes: [UInt8], everyByte: Bool = false, inQuery: Bool = false) -> String {
+        var unreserved = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:[]@!$'()*+,=&".utf8)
+        if inQuery {
+            unreserved.remove(UInt8(ascii: "&"))
+        }
         var text = ""
         for byte in bytes {
             if !everyByte && unreserved.contains(byte) {

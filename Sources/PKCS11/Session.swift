@@ -8,6 +8,8 @@ import CP11Kit
 public final class Session: @unchecked Sendable {
     public let token: Token
     let handle: CK_SESSION_HANDLE
+    /// The module generation the session belongs to; after a fork it is void.
+    let generation: Int
     var module: Module { token.module }
 
     init(token: Token) throws {
@@ -18,11 +20,20 @@ public final class Session: @unchecked Sendable {
             $0(CK_SLOT_ID(token.slot), flags, nil, nil, &handle)
         }
         self.handle = handle
+        generation = token.module.generation
     }
 
     deinit {
+        // A session of the parent process is gone in a forked child; its handle may
+        // now name another session, so it is not closed.
+        guard generation == module.generation else {
+            return
+        }
         _ = try? module.call("C_CloseSession", \.C_CloseSession) { $0(handle) }
     }
+
+    /// False when the module was initialised again since the session opened (after a fork).
+    public var isCurrent: Bool { generation == module.generation }
 
     /// Logs the normal user in. A token where the user is already logged in (login
     /// state is shared by all sessions of the process) counts as success.

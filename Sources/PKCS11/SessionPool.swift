@@ -8,6 +8,10 @@ import Foundation
 /// with `CKR_OPERATION_ACTIVE` and can crash it). The pool opens up to `maximumSessions`
 /// sessions and makes further borrowers wait. Login state belongs to the token and
 /// the process, so the pool logs in once, on its first session.
+///
+/// The pool keeps a copy of the PIN, wiped when the pool is released, so that a child
+/// process after `fork()` can open new sessions and log in again: the parent's sessions
+/// and login are void there.
 public final class SessionPool: @unchecked Sendable {
     public let token: Token
     public let maximumSessions: Int
@@ -15,12 +19,14 @@ public final class SessionPool: @unchecked Sendable {
     private var idle: [Session] = []
     private var openCount = 0
     private let condition = NSCondition()
+    private let pin: SecretBytes?
 
     /// Opens the first session and logs in with `pin`, unless `pin` is nil (a token
     /// that needs no login, or one already logged in by this process).
     public init(token: Token, pin: SecretBytes?, maximumSessions: Int = 8) throws {
         self.token = token
         self.maximumSessions = max(1, maximumSessions)
+        self.pin = pin.map { secret in secret.withUnsafeBytes { SecretBytes(copying: $0) } }
         let first = try token.openSession()
         if let pin {
             try first.login(pin: pin)
@@ -49,7 +55,13 @@ public final class SessionPool: @unchecked Sendable {
     }
 
     private func borrow() throws -> Session {
+        try token.module.initializeIfForked()
         condition.lock()
+        if let stale = idle.first, !stale.isCurrent {
+            // A forked child: the parent's sessions are void and nothing is logged in.
+            idle.removeAll()
+            openCount = 0
+        }
         while idle.isEmpty && openCount >= maximumSessions {
             condition.wait()
         }
@@ -58,9 +70,14 @@ public final class SessionPool: @unchecked Sendable {
             return session
         }
         openCount += 1
+        let firstSession = openCount == 1
         condition.unlock()
         do {
-            return try token.openSession()
+            let session = try token.openSession()
+            if firstSession, let pin {
+                try session.login(pin: pin)
+            }
+            return session
         } catch {
             condition.lock()
             openCount -= 1
@@ -72,6 +89,11 @@ public final class SessionPool: @unchecked Sendable {
 
     private func giveBack(_ session: Session, keep: Bool) {
         condition.lock()
+        if !session.isCurrent {
+            // Borrowed before a fork: it counts neither as open nor as idle any more.
+            condition.unlock()
+            return
+        }
         if keep {
             idle.append(session)
         } else {

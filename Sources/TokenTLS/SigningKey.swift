@@ -87,8 +87,11 @@ final class SigningKey: Sendable {
         try pool.withSession { session in
             do {
                 return try session.sign(mechanism, key: object.withLock { $0 }, data: input)
-            } catch let error as PKCS11Error where error.returnValue == UInt(CKR_KEY_HANDLE_INVALID) {
-                // Another process changed the token and this module renumbered its objects.
+            } catch let error as PKCS11Error
+                where error.returnValue == UInt(CKR_KEY_HANDLE_INVALID) || error.returnValue == UInt(CKR_OBJECT_HANDLE_INVALID)
+            {
+                // The module renumbered its objects: another process changed the token,
+                // or this is a child after fork() where the parent's handles are void.
                 let found = try session.findObjects([
                     .ulong(UInt(CKA_CLASS), UInt(CKO_PRIVATE_KEY)), .bytes(UInt(CKA_ID), id),
                 ])

@@ -134,3 +134,36 @@ struct MutualTLSTests {
         #expect(tlsIdentity.signatureCount == 0)
     }
 }
+
+@Suite("Fork")
+struct ForkTests {
+    let environment = TestEnvironment.shared
+    let server = TestServer.shared
+
+    @Test("child and parent sign after fork")
+    func signAfterFork() throws {
+        let store = try environment.makeToken("fork")
+        let identity = try store.importIdentity(environment.pfx("client-ec256.pfx"), exportable: false).identity
+        let program = URL(fileURLWithPath: environment.binary).deletingLastPathComponent().appendingPathComponent(
+            "tokentls-fork-check"
+        ).path
+        var variables = ProcessInfo.processInfo.environment
+        variables["SOFTHSM2_CONF"] = environment.softHSMConfiguration.path
+        variables["TOKENTLS_TOKEN"] = store.token.label
+        variables["TOKENTLS_PIN"] = TestEnvironment.userPIN
+        let result = try TestEnvironment.run(
+            program,
+            [
+                "https://localhost:\(server.mtlsPort)/hello-world.txt", environment.certificate("server-ca.crt"),
+                identity.thumbprint,
+            ],
+            environment: variables)
+        let lines = result.standardOutput.split(separator: "\n").map(String.init)
+        let fingerprint = identity.thumbprint.lowercased()
+        #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+        #expect(lines.contains("parent-before status=200 verify=SUCCESS fingerprint=\(fingerprint) signatures=1"), "\(lines)")
+        #expect(lines.contains("child status=200 verify=SUCCESS fingerprint=\(fingerprint) signatures=2"), "\(lines)")
+        #expect(lines.contains("child-exit=0"))
+        #expect(lines.contains("parent-after status=200 verify=SUCCESS fingerprint=\(fingerprint) signatures=2"), "\(lines)")
+    }
+}

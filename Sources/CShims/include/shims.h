@@ -54,6 +54,9 @@ const X509_NAME *tokentls_x509_name_stack_value(const STACK_OF(X509_NAME) *stack
 /* An ex_data index for SSL_CTX, allocated once per process (CRYPTO_get_ex_new_index). */
 int tokentls_ssl_ctx_ex_index(void);
 
+/* fork() is marked unavailable to Swift; the fork test program needs it. */
+int tokentls_fork(void);
+
 /* Values of composite or cast macros. */
 int tokentls_evp_pkey_keypair_selection(void);
 int tokentls_evp_pkey_public_key_selection(void);
