@@ -19,6 +19,8 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
         case protocolViolation
         /// A PIN was rejected before it reached the token: empty, too short or too long.
         case invalidPIN
+        /// A token label cannot be stored as given.
+        case invalidLabel
     }
 
     public let kind: Kind
@@ -64,7 +66,7 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
             let code = "\(returnValueName) (0x\(String(returnValue, radix: 16)))"
             let base = "\(function) failed: \(code)"
             return context.isEmpty ? base : "\(base) for \(context)"
-        case .moduleLoad, .tokenNotFound, .invalidURI, .protocolViolation, .invalidPIN:
+        case .moduleLoad, .tokenNotFound, .invalidURI, .protocolViolation, .invalidPIN, .invalidLabel:
             return context
         }
     }

@@ -39,7 +39,8 @@ struct CommandError: Error, CustomStringConvertible {
             }
             return CommandError(.failure, error.message)
         case let error as PKCS11Error:
-            return CommandError(error.kind == .invalidPIN ? .usage : .failure, error.description)
+            let isUsage = error.kind == .invalidPIN || error.kind == .invalidLabel || error.kind == .invalidURI
+            return CommandError(isUsage ? .usage : .failure, error.description)
         default:
             return CommandError(.failure, "\(error)")
         }

@@ -108,3 +108,44 @@ public final class SilentServer: @unchecked Sendable {
         close(descriptor)
     }
 }
+
+/// A TCP server on 127.0.0.1 that reads the start of each connection (the TLS
+/// ClientHello) and then closes it, as a server that fails mid-handshake would.
+public final class ClosingServer: @unchecked Sendable {
+    public let port: Int
+    private let descriptor: Int32
+
+    public init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.descriptor = descriptor
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ready = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        port = ready ? Int(UInt16(bigEndian: address.sin_port)) : 0
+        guard ready else {
+            throw TestFailure("listening on 127.0.0.1 failed")
+        }
+        let thread = Thread {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while true {
+                let connection = accept(descriptor, nil, nil)
+                if connection < 0 { return }
+                _ = read(connection, &buffer, buffer.count)
+                close(connection)
+            }
+        }
+        thread.start()
+    }
+
+    deinit {
+        shutdown(descriptor, Int32(SHUT_RDWR))
+        close(descriptor)
+    }
+}

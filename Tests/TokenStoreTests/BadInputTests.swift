@@ -61,11 +61,11 @@ struct BadInputTests {
             name: "unknown option", arguments: ["list", "--pin", "1234"], environment: [:], status: 2,
             message: "unknown option --pin"),
         Case(
-            name: "malformed token URI", arguments: ["list", "--token", "pkcs11:token=%zz"], environment: [:], status: 1,
+            name: "malformed token URI", arguments: ["list", "--token", "pkcs11:token=%zz"], environment: [:], status: 2,
             message: "invalid PKCS#11 URI"),
         Case(
             name: "PIN in token URI", arguments: ["list", "--token", "pkcs11:token=x?pin-value=1234"], environment: [:],
-            status: 1, message: "pin-value"),
+            status: 2, message: "pin-value"),
     ]
 
     @Test("rejected with message and no change", arguments: importCases)
