@@ -1,5 +1,7 @@
 #include "shims.h"
 
+#include <malloc.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -149,3 +151,42 @@ CURLcode tokentls_curl_getinfo_pointer(CURL *handle, CURLINFO info, void **value
 }
 
 int tokentls_fork(void) { return (int)fork(); }
+
+static int clearing_allocator_installed = 0;
+
+static void *clearing_malloc(size_t size, const char *file, int line) {
+    (void)file;
+    (void)line;
+    return malloc(size);
+}
+
+static void clearing_free(void *pointer, const char *file, int line) {
+    (void)file;
+    (void)line;
+    if (pointer != NULL)
+        OPENSSL_cleanse(pointer, malloc_usable_size(pointer));
+    free(pointer);
+}
+
+/* Moves the block instead of growing it in place, so no stale copy is left behind. */
+static void *clearing_realloc(void *pointer, size_t size, const char *file, int line) {
+    if (pointer == NULL)
+        return clearing_malloc(size, file, line);
+    if (size == 0) {
+        clearing_free(pointer, file, line);
+        return NULL;
+    }
+    void *moved = malloc(size);
+    if (moved == NULL)
+        return NULL;
+    size_t old_size = malloc_usable_size(pointer);
+    memcpy(moved, pointer, old_size < size ? old_size : size);
+    clearing_free(pointer, file, line);
+    return moved;
+}
+
+__attribute__((constructor)) static void install_clearing_allocator(void) {
+    clearing_allocator_installed = CRYPTO_set_mem_functions(clearing_malloc, clearing_realloc, clearing_free);
+}
+
+int tokentls_clearing_allocator_installed(void) { return clearing_allocator_installed; }

@@ -268,14 +268,18 @@ extension Module {
         let labelBytes = Array(label.utf8)
         guard !labelBytes.isEmpty, labelBytes.count <= 32 else {
             throw PKCS11Error(
-                kind: .invalidLabel, context: "invalid token label \"\(label)\": it must be 1 to 32 bytes of UTF-8 text, and it has \(labelBytes.count)")
+                kind: .invalidLabel,
+                context:
+                    "invalid token label \"\(label)\": it must be 1 to 32 bytes of UTF-8 text, and it has \(labelBytes.count)")
         }
         guard labelBytes.last != 0x20, labelBytes.first != 0x20 else {
             // PKCS#11 pads the 32-byte label field with blanks, so blanks at the end
             // cannot be told from padding, and leading ones are easy to mistype.
             throw PKCS11Error(
                 kind: .invalidLabel,
-                context: "invalid token label \"\(label)\": it starts or ends with a blank, which the token cannot store faithfully; remove the blanks")
+                context:
+                    "invalid token label \"\(label)\": it starts or ends with a blank, which the token cannot store faithfully; remove the blanks"
+            )
         }
         let slotToken = try token(inSlot: slot)
         for (name, pin) in [("security officer PIN", securityOfficerPIN), ("user PIN", userPIN)] {

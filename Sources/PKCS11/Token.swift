@@ -1,4 +1,5 @@
 import CP11Kit
+import Foundation
 
 /// A token as `C_GetTokenInfo` describes it, with the slot it was found in.
 ///
@@ -89,8 +90,17 @@ extension Module {
     ///
     /// Throws `tokenNotFound` when none or more than one matches, naming the tokens present.
     public func findToken(_ selector: TokenSelector) throws -> Token {
-        let all = try tokens()
-        let candidates = all.filter { $0.isInitialized && selector.matches($0) }
+        var all = try tokens()
+        var candidates = all.filter { $0.isInitialized && selector.matches($0) }
+        // A token that another process is writing can be unreadable for a moment
+        // (SoftHSM's file store), so look again a few times before giving up.
+        var attempt = 1
+        while candidates.isEmpty && attempt < 5 {
+            usleep(UInt32(50_000 * attempt))
+            attempt += 1
+            all = try tokens()
+            candidates = all.filter { $0.isInitialized && selector.matches($0) }
+        }
         if candidates.count == 1 {
             return candidates[0]
         }

@@ -37,7 +37,9 @@ public enum TokenLock {
     static func lockPath(for token: Token) throws -> String {
         let environment = ProcessInfo.processInfo.environment
         let folder: String
-        if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/"), FileManager.default.isWritableFile(atPath: runtime) {
+        if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/"),
+            FileManager.default.isWritableFile(atPath: runtime)
+        {
             folder = runtime + "/tokentls-locks"
         } else {
             folder = "/tmp/tokentls-locks-\(getuid())"

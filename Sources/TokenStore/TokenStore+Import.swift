@@ -24,7 +24,9 @@ extension TokenStore {
         }
     }
 
-    private func writeIdentity(_ contents: PFXContents, id: [UInt8], label objectLabel: String, exportable: Bool) throws -> ImportResult {
+    private func writeIdentity(_ contents: PFXContents, id: [UInt8], label objectLabel: String, exportable: Bool) throws
+        -> ImportResult
+    {
         let certificate = contents.certificate
         return try pool.withSession { session in
             let existing = try readIdentities(session).first { $0.certificate.der == certificate.der }

@@ -107,7 +107,8 @@ public final class TokenStore: Sendable {
                 do {
                     try session.destroyObject(leftover.object)
                 } catch let error as PKCS11Error {
-                    throw TokenStoreError(.token, "removing the \(leftover.kind) \"\(leftover.label)\" failed: \(error)", underlying: error)
+                    throw TokenStoreError(
+                        .token, "removing the \(leftover.kind) \"\(leftover.label)\" failed: \(error)", underlying: error)
                 }
             }
         }

@@ -32,11 +32,14 @@ extension HTTPClient {
             return TLSError(.request, "invalid URL \"\(request.url)\": \(detail)")
         case CURLE_GOT_NOTHING, CURLE_SEND_ERROR:
             return TLSError(.connection, "the server at \(request.url) closed the connection: \(detail)")
-        case CURLE_SSL_CONNECT_ERROR, CURLE_RECV_ERROR
-        where ["Connection reset", "unexpected eof", "SSL_ERROR_SYSCALL"].contains(where: { detail.contains($0) }):
-            return TLSError(
-                .connection, "the server at \(request.url) closed the connection during the TLS handshake: \(detail); check that it speaks TLS on this port")
         case CURLE_SSL_CONNECT_ERROR, CURLE_RECV_ERROR, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER:
+            let closed = ["Connection reset", "unexpected eof", "SSL_ERROR_SYSCALL"].contains { detail.contains($0) }
+            if closed, !detail.contains("alert") {
+                return TLSError(
+                    .connection,
+                    "the server at \(request.url) closed the connection during the TLS handshake: \(detail); check that it speaks TLS on this port"
+                )
+            }
             if let alert = alertExplanation(detail, identity: identity) {
                 return TLSError(.handshake, "the server at \(request.url) rejected the TLS handshake: \(alert)")
             }

@@ -119,7 +119,9 @@ public final class TestEnvironment: Sendable {
     }
 
     /// Starts `tokentls` like `tokentls(_:token:environment:)` without waiting for it.
-    public func spawnTokentls(_ arguments: [String], token: String?, environment extra: [String: String] = [:]) throws -> RunningProcess {
+    public func spawnTokentls(_ arguments: [String], token: String?, environment extra: [String: String] = [:]) throws
+        -> RunningProcess
+    {
         var environment = ProcessInfo.processInfo.environment
         environment["SOFTHSM2_CONF"] = softHSMConfiguration.path
         environment["TOKENTLS_PIN"] = TestEnvironment.userPIN
@@ -135,7 +137,8 @@ public final class TestEnvironment: Sendable {
     ///
     /// Output goes through temporary files rather than pipes, because a daemon the
     /// program starts (nginx) would keep a pipe open long after the program exits.
-    public static func spawn(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> RunningProcess {
+    public static func spawn(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> RunningProcess
+    {
         let folder = NSTemporaryDirectory() + "tokentls-run-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
         let outputPath = folder + "/stdout"

@@ -52,7 +52,9 @@ struct CrashConsistencyTests {
         let warnings = listed.standardError.split(separator: "\n").filter { $0.contains("has no certificate") }
         #expect(warnings.count == step.leftovers, "\(listed.standardError)")
         let thumbprint = try opensslFingerprint(environment.certificate("client-chain.crt"))
-        let complete = listed.standardOutput.split(separator: "\n").contains { $0.hasPrefix(thumbprint) && $0.contains("RSA 2048") }
+        let complete = listed.standardOutput.split(separator: "\n").contains {
+            $0.hasPrefix(thumbprint) && $0.contains("RSA 2048")
+        }
         #expect(complete == (step.leftovers == 0), "\(listed.standardOutput)")
 
         let dryRun = try environment.tokentls(["repair"], token: token.label)
@@ -84,7 +86,8 @@ struct CrashConsistencyTests {
         let second = try environment.spawnTokentls(["import-pfx", environment.certificate("client-ec384.pfx")], token: label)
         let request = try environment.spawnTokentls(
             [
-                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert", environment.certificate("server-ca.crt"),
+                "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                environment.certificate("server-ca.crt"),
                 "--thumbprint", identity.thumbprint, "-i",
             ], token: label)
 

@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import PKCS11
 import TestSupport
@@ -10,6 +11,11 @@ import TokenStore
 struct MemoryScanTests {
     let environment = TestEnvironment.shared
 
+    @Test("freed OpenSSL memory is cleared")
+    func clearingAllocator() {
+        #expect(tokentls_clearing_allocator_installed() == 1)
+    }
+
     @Test("no key bytes after import", arguments: ["rsa", "ec"])
     func noKeyAfterImport(_ algorithm: String) throws {
         // A key made for this test only, so no other test handles the same numbers.
@@ -19,12 +25,16 @@ struct MemoryScanTests {
         let made = try TestEnvironment.run(
             "/usr/bin/openssl",
             ["req", "-x509"] + keyOption + [
-                "-nodes", "-keyout", folder + "/key.pem", "-out", folder + "/cert.pem", "-subj", "/CN=TokenTLS memory scan", "-days", "2",
+                "-nodes", "-keyout", folder + "/key.pem", "-out", folder + "/cert.pem", "-subj", "/CN=TokenTLS memory scan",
+                "-days", "2",
             ])
         #expect(made.status == 0, "\(made.standardError)")
         let exported = try TestEnvironment.run(
             "/usr/bin/openssl",
-            ["pkcs12", "-export", "-inkey", folder + "/key.pem", "-in", folder + "/cert.pem", "-out", folder + "/id.pfx", "-passout", "pass:"])
+            [
+                "pkcs12", "-export", "-inkey", folder + "/key.pem", "-in", folder + "/cert.pem", "-out", folder + "/id.pfx",
+                "-passout", "pass:",
+            ])
         #expect(exported.status == 0, "\(exported.standardError)")
 
         var maskBytes = [UInt8](repeating: 0, count: 32)

@@ -24,10 +24,15 @@ struct ErrorCaseTests {
         _ = try store.importIdentity(environment.pfx("client.pfx"), exportable: false)
         let authority = try opensslFingerprint(environment.certificate("client-ca.crt"))
         let result = try environment.tokentls(
-            ["request", "https://localhost:\(server.mtlsPort)/", "--cacert", environment.certificate("server-ca.crt"), "--thumbprint", authority],
+            [
+                "request", "https://localhost:\(server.mtlsPort)/", "--cacert", environment.certificate("server-ca.crt"),
+                "--thumbprint", authority,
+            ],
             token: store.token.label)
         #expect(result.status == 1)
-        #expect(result.standardError.contains("\(authority) (CN=TokenTLS Test Client CA) has no private key"), "\(result.standardError)")
+        #expect(
+            result.standardError.contains("\(authority) (CN=TokenTLS Test Client CA) has no private key"),
+            "\(result.standardError)")
     }
 
     @Test("two certificates share one key")
@@ -38,7 +43,8 @@ struct ErrorCaseTests {
         let signed = try TestEnvironment.run(
             "/usr/bin/openssl",
             [
-                "req", "-new", "-x509", "-key", environment.certificate("client.key"), "-subj", "/CN=TokenTLS Test Client", "-days", "30",
+                "req", "-new", "-x509", "-key", environment.certificate("client.key"), "-subj", "/CN=TokenTLS Test Client",
+                "-days", "30",
                 "-out", folder + "/renewed.crt",
             ])
         #expect(signed.status == 0, "\(signed.standardError)")
@@ -59,17 +65,20 @@ struct ErrorCaseTests {
         #expect(try store.leftoverKeys().isEmpty)
     }
 
-    @Test("token labels", arguments: [
-        ("trailing ", Int32(2), "starts or ends with a blank"),
-        ("ключ-токена", Int32(0), "Initialised token \"ключ-токена\""),
-        (String(repeating: "é", count: 17), Int32(2), "it must be 1 to 32 bytes of UTF-8 text, and it has 34"),
-    ])
+    @Test(
+        "token labels",
+        arguments: [
+            ("trailing ", Int32(2), "starts or ends with a blank"),
+            ("ключ-токена", Int32(0), "Initialised token \"ключ-токена\""),
+            (String(repeating: "é", count: 17), Int32(2), "it must be 1 to 32 bytes of UTF-8 text, and it has 34"),
+        ])
     func tokenLabels(_ label: String, _ status: Int32, _ message: String) throws {
         let before = try environment.module.tokens().filter(\.isInitialized).count
         let result = try environment.tokentls(
             ["token", "init", "--label", label], token: nil, environment: ["TOKENTLS_SO_PIN": TestEnvironment.securityOfficerPIN])
         #expect(result.status == status, "\(result.standardError)")
-        #expect((result.standardOutput + result.standardError).contains(message), "\(result.standardOutput)\(result.standardError)")
+        #expect(
+            (result.standardOutput + result.standardError).contains(message), "\(result.standardOutput)\(result.standardError)")
         if status == 0 {
             let listed = try environment.tokentls(["list"], token: label)
             #expect(listed.status == 0, "\(listed.standardError)")
@@ -99,7 +108,8 @@ struct ErrorCaseTests {
         variables["TOKENTLS_TOKEN"] = label
         variables.removeValue(forKey: "TOKENTLS_PIN")
         let fromFile = try TestEnvironment.run(
-            environment.binary, ["import-pfx", environment.certificate("client-ec256.pfx"), "--pin-file", pinFile], environment: variables)
+            environment.binary, ["import-pfx", environment.certificate("client-ec256.pfx"), "--pin-file", pinFile],
+            environment: variables)
         #expect(fromFile.status == 0, "\(fromFile.standardError)")
         #expect(!fromFile.standardError.contains(pin))
     }
@@ -113,7 +123,8 @@ struct ErrorCaseTests {
         defer { _ = try? TestEnvironment.run("/bin/umount", [tokens]) }
         #expect(try TestEnvironment.run("/bin/mount", ["-o", "remount,ro,bind", tokens]).status == 0)
 
-        let result = try environment.tokentls(["import-pfx", environment.certificate("client.pfx")], token: label, environment: settings)
+        let result = try environment.tokentls(
+            ["import-pfx", environment.certificate("client.pfx")], token: label, environment: settings)
         #expect(result.status == 1, "\(result.standardError)")
         #expect(result.standardError.hasPrefix("tokentls: error: "))
         #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
@@ -140,7 +151,8 @@ struct ErrorCaseTests {
             while (try? handle.write(contentsOf: block)) != nil {}
             try? handle.close()
         }
-        let result = try environment.tokentls(["import-pfx", environment.certificate("client-chain.pfx")], token: label, environment: settings)
+        let result = try environment.tokentls(
+            ["import-pfx", environment.certificate("client-chain.pfx")], token: label, environment: settings)
         #expect(result.status == 1, "\(result.standardError)")
         #expect(result.standardError.hasPrefix("tokentls: error: "), "\(result.standardError)")
         #expect(!result.terminatedBySignal)
@@ -149,12 +161,15 @@ struct ErrorCaseTests {
     }
 
     /// A SoftHSM configuration of its own, with one token holding one identity.
-    private func privateSoftHSM(_ name: String, in base: String? = nil) throws -> (configuration: String, tokens: String, label: String) {
+    private func privateSoftHSM(_ name: String, in base: String? = nil) throws -> (
+        configuration: String, tokens: String, label: String
+    ) {
         let folder = base ?? environment.root.appendingPathComponent("\(name)-\(UUID().uuidString)").path
         let tokens = folder + "/tokens"
         try FileManager.default.createDirectory(atPath: tokens, withIntermediateDirectories: true)
         let configuration = folder + "/softhsm2.conf"
-        try StoreLocation.softHSMConfiguration(tokenFolder: tokens).write(toFile: configuration, atomically: true, encoding: .utf8)
+        try StoreLocation.softHSMConfiguration(tokenFolder: tokens).write(
+            toFile: configuration, atomically: true, encoding: .utf8)
         let label = name
         let settings = ["SOFTHSM2_CONF": configuration, "TOKENTLS_SO_PIN": TestEnvironment.securityOfficerPIN]
         let made = try environment.tokentls(["token", "init", "--label", label], token: nil, environment: settings)
@@ -207,18 +222,41 @@ struct ErrorCaseTests {
     }
 
     static let commandCases: [Case] = [
-        Case(name: "thumbprint and key URI", arguments: ["request", "https://localhost/", "--thumbprint", "00", "--key-uri", "pkcs11:object=x"], status: 2, message: "give either --thumbprint or --key-uri, not both"),
-        Case(name: "invalid --tls-max", arguments: ["request", "https://localhost/", "--tls-max", "1.1"], status: 2, message: "invalid --tls-max \"1.1\": use 1.2 or 1.3"),
-        Case(name: "--tls-max below minimum", arguments: ["request", "https://localhost/", "--tlsv1.3", "--tls-max", "1.2"], status: 2, message: "--tls-max 1.2 is below the minimum TLS 1.3"),
-        Case(name: "malformed --resolve", arguments: ["request", "https://localhost/", "--resolve", "myhost"], status: 2, message: "invalid --resolve \"myhost\": expected HOST:PORT:ADDRESS"),
-        Case(name: "invalid timeout", arguments: ["request", "https://localhost/", "--connect-timeout", "soon"], status: 2, message: "invalid --connect-timeout \"soon\": expected a positive number of seconds"),
-        Case(name: "missing --cacert file", arguments: ["request", "https://localhost/", "--cacert", "/nonexistent/ca.pem"], status: 2, message: "cannot read the --cacert file /nonexistent/ca.pem"),
-        Case(name: "key URI with PIN", arguments: ["request", "https://localhost/", "--key-uri", "pkcs11:object=x?pin-value=1"], status: 2, message: "pin-value are not accepted"),
-        Case(name: "export without --out", arguments: ["export-pfx", "00112233445566778899AABBCCDDEEFF00112233"], status: 2, message: "'export-pfx' needs --out FILE"),
-        Case(name: "trust add of a key file", arguments: ["trust", "add", "@certs/client.key"], status: 1, message: "contains no certificate"),
-        Case(name: "verify of nothing", arguments: ["verify", "not-a-file-or-thumbprint"], status: 2, message: "is neither a readable certificate file nor a 40-digit SHA-1 thumbprint"),
+        Case(
+            name: "thumbprint and key URI",
+            arguments: ["request", "https://localhost/", "--thumbprint", "00", "--key-uri", "pkcs11:object=x"], status: 2,
+            message: "give either --thumbprint or --key-uri, not both"),
+        Case(
+            name: "invalid --tls-max", arguments: ["request", "https://localhost/", "--tls-max", "1.1"], status: 2,
+            message: "invalid --tls-max \"1.1\": use 1.2 or 1.3"),
+        Case(
+            name: "--tls-max below minimum", arguments: ["request", "https://localhost/", "--tlsv1.3", "--tls-max", "1.2"],
+            status: 2, message: "--tls-max 1.2 is below the minimum TLS 1.3"),
+        Case(
+            name: "malformed --resolve", arguments: ["request", "https://localhost/", "--resolve", "myhost"], status: 2,
+            message: "invalid --resolve \"myhost\": expected HOST:PORT:ADDRESS"),
+        Case(
+            name: "invalid timeout", arguments: ["request", "https://localhost/", "--connect-timeout", "soon"], status: 2,
+            message: "invalid --connect-timeout \"soon\": expected a positive number of seconds"),
+        Case(
+            name: "missing --cacert file", arguments: ["request", "https://localhost/", "--cacert", "/nonexistent/ca.pem"],
+            status: 2, message: "cannot read the --cacert file /nonexistent/ca.pem"),
+        Case(
+            name: "key URI with PIN", arguments: ["request", "https://localhost/", "--key-uri", "pkcs11:object=x?pin-value=1"],
+            status: 2, message: "pin-value are not accepted"),
+        Case(
+            name: "export without --out", arguments: ["export-pfx", "00112233445566778899AABBCCDDEEFF00112233"], status: 2,
+            message: "'export-pfx' needs --out FILE"),
+        Case(
+            name: "trust add of a key file", arguments: ["trust", "add", "@certs/client.key"], status: 1,
+            message: "contains no certificate"),
+        Case(
+            name: "verify of nothing", arguments: ["verify", "not-a-file-or-thumbprint"], status: 2,
+            message: "is neither a readable certificate file nor a 40-digit SHA-1 thumbprint"),
         Case(name: "unknown command", arguments: ["frobnicate"], status: 2, message: "unknown command 'frobnicate'"),
-        Case(name: "unknown token subcommand", arguments: ["token", "delete"], status: 2, message: "unknown subcommand 'token delete'"),
+        Case(
+            name: "unknown token subcommand", arguments: ["token", "delete"], status: 2,
+            message: "unknown subcommand 'token delete'"),
     ]
 
     @Test("command-line mistakes", arguments: commandCases)

@@ -54,6 +54,12 @@ const X509_NAME *tokentls_x509_name_stack_value(const STACK_OF(X509_NAME) *stack
 /* An ex_data index for SSL_CTX, allocated once per process (CRYPTO_get_ex_new_index). */
 int tokentls_ssl_ctx_ex_index(void);
 
+/* Whether every block that OpenSSL frees in this process is zeroed first. A
+   constructor installs such allocation functions when the program loads, before
+   OpenSSL allocates anything; OpenSSL 3.0's DER decoder, for one, frees a plain
+   copy of each private key it decodes without clearing it. Returns 1 or 0. */
+int tokentls_clearing_allocator_installed(void);
+
 /* fork() is marked unavailable to Swift; the fork test program needs it. */
 int tokentls_fork(void);
 
