@@ -21,7 +21,12 @@ public enum PFX {
     /// context that has the legacy provider loaded; that context is the calling
     /// thread's default only while this function runs, so the rest of the process
     /// never gets legacy algorithms.
-    public static func decode(_ data: [UInt8], password: SecretBytes?, source: String) throws -> PFXContents {
+    ///
+    /// A file without an integrity check (MAC) is rejected unless `allowMissingMAC` is
+    /// true: nothing then shows whether its certificates were altered.
+    public static func decode(
+        _ data: [UInt8], password: SecretBytes?, source: String, allowMissingMAC: Bool = false
+    ) throws -> PFXContents {
         OpenSSLErrorQueue.clear()
         guard !data.isEmpty else {
             throw TokenStoreError(.invalidPFX, "\(source) is empty: expected a PFX (PKCS#12) file")
@@ -52,6 +57,12 @@ public enum PFX {
         }
         defer { PKCS12_free(pkcs12) }
 
+        guard PKCS12_mac_present(pkcs12) == 1 || allowMissingMAC else {
+            throw TokenStoreError(
+                .invalidPFX,
+                "\(source) has no integrity check (MAC), so it may have been altered: export it again with a password, "
+                    + "or pass --allow-missing-mac if you trust where it came from")
+        }
         let passwordBuffer = PasswordBuffer(password)
         let passwordPointer = try choosePassword(pkcs12, passwordBuffer, source: source)
 

@@ -6,7 +6,8 @@ import TokenStore
 enum IdentityCommands {
     static func importPFX(_ arguments: [String], output: Output) throws {
         let parsed = try Arguments(
-            arguments, flags: ["--exportable"], valued: TokenOptions.valued.union(["--label", "--password-file"]))
+            arguments, flags: ["--exportable", "--allow-missing-mac"],
+            valued: TokenOptions.valued.union(["--label", "--password-file"]))
         guard parsed.operands.count == 1 else {
             throw UsageError("'import-pfx' needs exactly one FILE, got \(parsed.operands.count)")
         }
@@ -18,7 +19,8 @@ enum IdentityCommands {
         let store = try options.openStore()
         let password = try readPFXPassword(parsed, prompt: "Password for \(path) (empty for none): ")
         defer { password?.wipe() }
-        let contents = try PFX.decode(Array(data), password: password, source: path)
+        let contents = try PFX.decode(
+            Array(data), password: password, source: path, allowMissingMAC: parsed.has("--allow-missing-mac"))
         password?.wipe()
         let result = try store.importIdentity(contents, exportable: parsed.has("--exportable"), label: parsed.value("--label"))
         let identity = result.identity

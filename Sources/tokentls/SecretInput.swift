@@ -3,9 +3,9 @@ import PKCS11
 
 /// Reads PINs and passwords from the environment, a file or the terminal, never from argv.
 enum SecretInput {
-    /// Reads a secret, trying in order: the environment variable `variable` (removed
-    /// from this process's environment once read), the file `file`, then a prompt on
-    /// the terminal without echo.
+    /// Reads a secret, trying in order: the file `file` given on the command line, the
+    /// environment variable `variable` (removed from this process's environment once
+    /// read), then a prompt on the terminal without echo.
     ///
     /// With `confirm`, a value typed at the prompt is asked for twice and must match,
     /// as for a new PIN. With `allowEmpty` false, an empty value is an error before it
@@ -15,11 +15,12 @@ enum SecretInput {
         allowEmpty: Bool = false
     ) throws -> SecretBytes {
         let secret: SecretBytes
-        if let value = getenv(variable) {
+        if let file {
+            secret = try readFile(file, what: what, fileOption: fileOption)
+            unsetenv(variable)
+        } else if let value = getenv(variable) {
             secret = SecretBytes(copying: UnsafeRawBufferPointer(start: value, count: strlen(value)))
             unsetenv(variable)
-        } else if let file {
-            secret = try readFile(file, what: what, fileOption: fileOption)
         } else {
             guard let typed = try promptTerminal(prompt) else {
                 throw CommandError(

@@ -9,7 +9,7 @@ let usage = """
     usage: tokentls COMMAND [OPTIONS]
 
     Identities (certificate + private key kept in a PKCS#11 token):
-      import-pfx FILE [--exportable] [--label NAME] [--password-file FILE]
+      import-pfx FILE [--exportable] [--label NAME] [--password-file FILE] [--allow-missing-mac]
       list [--json]
       remove THUMBPRINT
       export-pfx THUMBPRINT --out FILE [--password-file FILE]

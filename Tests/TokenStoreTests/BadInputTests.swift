@@ -85,6 +85,19 @@ struct BadInputTests {
         #expect(try allObjects(store) == before)
     }
 
+    @Test("PFX without MAC needs consent")
+    func missingMAC() throws {
+        let store = try environment.makeToken("nomac")
+        let before = try allObjects(store)
+        let refused = try environment.tokentls(["import-pfx", environment.certificate("nomac.pfx")], token: store.token.label)
+        #expect(refused.status == 1)
+        #expect(refused.standardError.contains("has no integrity check (MAC)"), "\(refused.standardError)")
+        #expect(try allObjects(store) == before)
+        let accepted = try environment.tokentls(
+            ["import-pfx", environment.certificate("nomac.pfx"), "--allow-missing-mac"], token: store.token.label)
+        #expect(accepted.status == 0, "\(accepted.standardError)")
+    }
+
     @Test("unknown token label")
     func unknownToken() throws {
         let result = try environment.tokentls(["list"], token: "no-such-token")
