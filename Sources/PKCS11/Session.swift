@@ -1,4 +1,5 @@
 import CP11Kit
+import Foundation
 
 /// A read-write PKCS#11 session on one token.
 ///
@@ -46,7 +47,23 @@ public final class Session: @unchecked Sendable {
         try login(userType: UInt(CKU_SO), pin: pin)
     }
 
+    /// SoftHSM 2.6 answers `CKR_GENERAL_ERROR` when another process is writing its
+    /// token folder at that moment, so such a failure is tried again twice. It is not
+    /// a PIN failure, so no retry counter of the token moves.
     private func login(userType: UInt, pin: SecretBytes) throws {
+        var attempt = 1
+        while true {
+            do {
+                try loginOnce(userType: userType, pin: pin)
+                return
+            } catch let error as PKCS11Error where error.returnValue == UInt(CKR_GENERAL_ERROR) && attempt < 3 {
+                usleep(UInt32(100_000 * attempt))
+                attempt += 1
+            }
+        }
+    }
+
+    private func loginOnce(userType: UInt, pin: SecretBytes) throws {
         try pin.withUnsafeBytes { bytes in
             let pointer = UnsafeMutablePointer(mutating: bytes.bindMemory(to: UInt8.self).baseAddress)
             try module.call(

@@ -76,13 +76,18 @@ extension TokenStore {
                 }
                 let underlying = error as? PKCS11Error
                 throw TokenStoreError(
-                    .token, "writing \(certificate.sha1Thumbprint) to \(token) failed, nothing was kept: \(error)",
+                    .token,
+                    "writing \(certificate.sha1Thumbprint) to \(token) failed, nothing was kept: \(error)\(TokenStore.storageHint(underlying))",
                     underlying: underlying)
             }
             guard let identity = try readIdentities(session).first(where: { $0.certificate.der == certificate.der }) else {
+                for object in created.reversed() {
+                    try? session.destroyObject(object)
+                }
                 throw TokenStoreError(
                     .inconsistentToken,
-                    "the certificate \(certificate.sha1Thumbprint) was written but cannot be found in \(token)")
+                    "\(token) accepted \(certificate.sha1Thumbprint) but did not keep it, and nothing was kept: its storage may be full or read-only"
+                )
             }
             return .imported(identity, createdObjects: created.count)
         }
@@ -174,6 +179,14 @@ extension TokenStore {
             .bytes(UInt(CKA_SERIAL_NUMBER), certificate.serialNumberDER),
             .bytes(UInt(CKA_VALUE), certificate.der),
         ]
+    }
+
+    /// A hint for write failures that usually mean the token's storage is full or
+    /// read-only (SoftHSM answers both with `CKR_GENERAL_ERROR`).
+    static func storageHint(_ error: PKCS11Error?) -> String {
+        guard let error, error.function == "C_CreateObject" else { return "" }
+        let storage: Set<UInt> = [UInt(CKR_GENERAL_ERROR), UInt(CKR_DEVICE_MEMORY), UInt(CKR_DEVICE_ERROR)]
+        return storage.contains(error.returnValue) ? "; the token's storage may be full or read-only" : ""
     }
 
     static func mechanismBytes(_ mechanisms: [UInt]) -> [UInt8] {

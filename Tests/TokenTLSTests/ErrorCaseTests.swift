@@ -59,10 +59,14 @@ struct ErrorCaseTests {
         _ = try store.importIdentity(environment.pfx("client.pfx"), exportable: false)
         let result = try environment.tokentls(["import-pfx", folder + "/renewed.pfx"], token: store.token.label)
         #expect(result.status == 0, "\(result.standardError)")
-        let withKey = try store.identities().filter(\.hasPrivateKey)
+        // A fresh process reads the token as the other process left it.
+        let listed = try environment.tokentls(["list", "--json"], token: store.token.label)
+        #expect(listed.status == 0, "\(listed.standardError)")
+        let rows = try JSONSerialization.jsonObject(with: Data(listed.standardOutput.utf8)) as? [[String: Any]] ?? []
+        let withKey = rows.filter { $0["hasPrivateKey"] as? Bool == true }
         #expect(withKey.count == 2)
-        #expect(Set(withKey.map(\.id)).count == 1)
-        #expect(try store.leftoverKeys().isEmpty)
+        #expect(Set(withKey.compactMap { $0["keyURI"] as? String }).count == 1)
+        #expect(listed.standardError.isEmpty)
     }
 
     @Test(
@@ -157,6 +161,8 @@ struct ErrorCaseTests {
             ["import-pfx", environment.certificate("client-chain.pfx")], token: label, environment: settings)
         #expect(result.status == 1, "\(result.standardError)")
         #expect(result.standardError.hasPrefix("tokentls: error: "), "\(result.standardError)")
+        #expect(result.standardError.contains("nothing was kept"), "\(result.standardError)")
+        #expect(result.standardError.contains("storage may be full or read-only"), "\(result.standardError)")
         #expect(!result.terminatedBySignal)
         try FileManager.default.removeItem(atPath: base + "/filler")
         #expect(try snapshot(label, settings) == before)
@@ -260,6 +266,54 @@ struct ErrorCaseTests {
             name: "unknown token subcommand", arguments: ["token", "delete"], status: 2,
             message: "unknown subcommand 'token delete'"),
     ]
+
+    @Test("PIN and token mistakes")
+    func pinAndTokenMistakes() throws {
+        let store = try environment.makeToken("pin-mistake")
+        let label = store.token.label
+        let before = try allObjects(store)
+
+        let missingFile = try environment.tokentls(["list", "--pin-file", "/nonexistent/pin"], token: label)
+        #expect(missingFile.status == 1)
+        #expect(missingFile.standardError.contains("cannot read the PIN file /nonexistent/pin given to --pin-file"))
+
+        var variables = ProcessInfo.processInfo.environment
+        variables["SOFTHSM2_CONF"] = environment.softHSMConfiguration.path
+        variables["TOKENTLS_TOKEN"] = label
+        variables.removeValue(forKey: "TOKENTLS_PIN")
+        let withoutPIN = try TestEnvironment.run(environment.binary, ["list"], environment: variables)
+        #expect(withoutPIN.status == 2)
+        #expect(
+            withoutPIN.standardError.contains("no PIN given and no terminal to ask on: set TOKENTLS_PIN or use --pin-file FILE"))
+
+        _ = try environment.makeToken("pin-mistake-second")
+        let several = try environment.tokentls(["list"], token: nil)
+        #expect(several.status == 2)
+        #expect(several.standardError.contains("several tokens are present"))
+        #expect(several.standardError.contains("choose one with --token LABEL or TOKENTLS_TOKEN"))
+
+        let taken = try environment.tokentls(
+            ["token", "init", "--label", label], token: nil, environment: ["TOKENTLS_SO_PIN": TestEnvironment.securityOfficerPIN])
+        #expect(taken.status == 1)
+        #expect(taken.standardError.contains("a token labelled \"\(label)\" already exists"))
+
+        let shortPIN = try environment.tokentls(
+            ["token", "init", "--label", "short-\(label)"], token: nil, environment: ["TOKENTLS_SO_PIN": "12"])
+        #expect(shortPIN.status == 2)
+        #expect(shortPIN.standardError.contains("invalid security officer PIN: it has 2 bytes, and the token accepts 4 to 255"))
+
+        #expect(try allObjects(store) == before)
+        let identity = try store.importIdentity(environment.pfx("client-ec256.pfx"), exportable: true).identity
+        let imported = try allObjects(store)
+        let existing = environment.root.appendingPathComponent("existing-\(UUID().uuidString).pfx").path
+        FileManager.default.createFile(atPath: existing, contents: Data("keep".utf8))
+        let overwrite = try environment.tokentls(
+            ["export-pfx", identity.thumbprint, "--out", existing], token: label, environment: ["TOKENTLS_PFX_PASSWORD": "pw"])
+        #expect(overwrite.status == 1)
+        #expect(overwrite.standardError.contains("already exists: choose another --out file or remove it first"))
+        #expect(try String(contentsOfFile: existing, encoding: .utf8) == "keep")
+        #expect(try allObjects(store) == imported)
+    }
 
     @Test("command-line mistakes", arguments: commandCases)
     func commandMistakes(_ testCase: Case) throws {
