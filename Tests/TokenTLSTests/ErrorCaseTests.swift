@@ -327,3 +327,48 @@ struct ErrorCaseTests {
         #expect(try allObjects(store) == before)
     }
 }
+
+@Suite("Secrets in output")
+struct SecretOutputTests {
+    let environment = TestEnvironment.shared
+    let server = TestServer.shared
+
+    @Test("PIN and password never printed")
+    func noSecretsPrinted() throws {
+        let pin = "distinctive-pin-6271"
+        let password = "distinctive-password-9183"
+        let label = "secrets-\(UUID().uuidString.prefix(6))"
+        let folder = environment.root.appendingPathComponent("secrets-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let settings = ["TOKENTLS_PIN": pin, "TOKENTLS_SO_PIN": TestEnvironment.securityOfficerPIN, "TOKENTLS_TRACE": "1"]
+        var outputs: [ProcessResult] = []
+        outputs.append(try environment.tokentls(["token", "init", "--label", label], token: nil, environment: settings))
+        outputs.append(
+            try environment.tokentls(
+                ["import-pfx", environment.certificate("client.pfx"), "--exportable"], token: label, environment: settings))
+        outputs.append(try environment.tokentls(["list", "--json"], token: label, environment: settings))
+        let thumbprint = try opensslFingerprint(environment.certificate("client.crt"))
+        outputs.append(
+            try environment.tokentls(
+                [
+                    "request", "https://localhost:\(server.mtlsPort)/hello-world.txt", "--cacert",
+                    environment.certificate("server-ca.crt"),
+                    "--thumbprint", thumbprint, "-v", "-i",
+                ], token: label, environment: settings))
+        var exportSettings = settings
+        exportSettings["TOKENTLS_PFX_PASSWORD"] = password
+        outputs.append(
+            try environment.tokentls(
+                ["export-pfx", thumbprint, "--out", folder + "/out.pfx"], token: label, environment: exportSettings))
+        outputs.append(try environment.tokentls(["list"], token: label, environment: ["TOKENTLS_PIN": pin + "-wrong"]))
+
+        #expect(outputs.prefix(5).allSatisfy { $0.status == 0 }, "\(outputs.map(\.standardError))")
+        #expect(outputs[3].standardError.contains("tokentls trace: C_Login"))
+        #expect(outputs[3].standardOutput.contains("X-Client-Verify: SUCCESS"))
+        for output in outputs {
+            let text = output.standardOutput + output.standardError
+            #expect(!text.contains(pin), "the PIN appeared in the output")
+            #expect(!text.contains(password), "the PFX password appeared in the output")
+        }
+    }
+}
