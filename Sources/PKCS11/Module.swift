@@ -8,8 +8,8 @@ import Synchronization
 /// initialised with `CKF_OS_LOCKING_OK` so that several threads may call it.
 /// It stays loaded until `finalize()`; every `Session` holds a reference to it.
 public final class Module: @unchecked Sendable {
-    // The function list is immutable after loading and the module was told to use
-    // OS locking, so sharing it between threads is what PKCS#11 allows.
+    // The function list is immutable after loading and the module was initialised with
+    // CKF_OS_LOCKING_OK, so PKCS#11 allows sharing it between threads.
     let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>
     public let path: String
     /// False when another component of the process had already initialised the module;
@@ -189,7 +189,7 @@ public final class Module: @unchecked Sendable {
             version: "\(info.libraryVersion.major).\(info.libraryVersion.minor)")
     }
 
-    /// The slots that currently hold a token.
+    /// Returns the slots that currently contain a token.
     public func slotsWithToken() throws -> [UInt] {
         var count: CK_ULONG = 0
         try call("C_GetSlotList", \.C_GetSlotList, context: "module \(path)") { $0(1, nil, &count) }
@@ -207,8 +207,8 @@ public final class Module: @unchecked Sendable {
 
     /// Every token the module presents, initialised or not.
     ///
-    /// A slot whose token cannot be described after three tries is left out: SoftHSM
-    /// answers `CKR_GENERAL_ERROR` for a token that another process is initialising.
+    /// A slot whose token cannot be described after three tries is left out, because
+    /// SoftHSM returns `CKR_GENERAL_ERROR` for a token that another process is initialising.
     public func tokens() throws -> [Token] {
         var tokens: [Token] = []
         for slot in try slotsWithToken() {
@@ -226,7 +226,7 @@ public final class Module: @unchecked Sendable {
         return tokens
     }
 
-    /// The mechanisms the token in `slot` supports.
+    /// Returns the mechanisms that the token in `slot` supports.
     public func mechanisms(inSlot slot: UInt) throws -> Set<UInt> {
         var count: CK_ULONG = 0
         try call("C_GetMechanismList", \.C_GetMechanismList, context: "slot \(slot)") {
@@ -274,7 +274,7 @@ extension Module {
         }
         guard labelBytes.last != 0x20, labelBytes.first != 0x20 else {
             // PKCS#11 pads the 32-byte label field with blanks, so blanks at the end
-            // cannot be told from padding, and leading ones are easy to mistype.
+            // cannot be distinguished from padding, and leading ones are easy to mistype.
             throw PKCS11Error(
                 kind: .invalidLabel,
                 context:

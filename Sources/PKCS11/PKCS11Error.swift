@@ -13,7 +13,7 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
         case moduleLoad
         /// No token matched the requested label, serial or URI.
         case tokenNotFound
-        /// A PKCS#11 URI could not be parsed or asks for something unsupported.
+        /// A PKCS#11 URI could not be parsed or requests something unsupported.
         case invalidURI
         /// The module returned data that breaks the PKCS#11 contract.
         case protocolViolation

@@ -153,8 +153,8 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         return text
     }
 
-    /// A token-info field from p11-kit: all zero bytes when the URI left it out,
-    /// otherwise blank-padded.
+    /// Decodes a token-info field from p11-kit, which is all zero bytes when the URI
+    /// left it out and blank-padded otherwise. Throws for invalid UTF-8.
     private static func field<T>(_ value: T, _ attribute: String, in text: String) throws -> String? {
         let bytes = withUnsafeBytes(of: value) { Array($0) }
         if bytes.allSatisfy({ $0 == 0 }) {
@@ -174,7 +174,7 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
             throw PKCS11Error(
                 kind: .invalidURI,
                 context:
-                    "invalid PKCS#11 URI \"\(text)\": the \(attribute) value is not valid UTF-8; percent-encode the UTF-8 bytes of the label"
+                    "invalid PKCS#11 URI \"\(text)\": the \(attribute) value is not valid UTF-8: percent-encode the UTF-8 bytes of the label"
             )
         }
         return value

@@ -47,7 +47,7 @@ public final class Session: @unchecked Sendable {
         try login(userType: UInt(CKU_SO), pin: pin)
     }
 
-    /// SoftHSM 2.6 answers `CKR_GENERAL_ERROR` when another process is writing its
+    /// SoftHSM 2.6 returns `CKR_GENERAL_ERROR` when another process is writing its
     /// token folder at that moment, so such a failure is tried again twice. It is not
     /// a PIN failure, so no retry counter of the token moves.
     private func login(userType: UInt, pin: SecretBytes) throws {

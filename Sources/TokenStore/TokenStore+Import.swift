@@ -182,7 +182,7 @@ extension TokenStore {
     }
 
     /// A hint for write failures that usually mean the token's storage is full or
-    /// read-only (SoftHSM answers both with `CKR_GENERAL_ERROR`).
+    /// read-only (SoftHSM returns `CKR_GENERAL_ERROR` for both).
     static func storageHint(_ error: PKCS11Error?) -> String {
         guard let error, error.function == "C_CreateObject" else { return "" }
         let storage: Set<UInt> = [UInt(CKR_GENERAL_ERROR), UInt(CKR_DEVICE_MEMORY), UInt(CKR_DEVICE_ERROR)]

@@ -7,7 +7,7 @@ import PKCS11
 /// The root store: CA certificates that the token marks with `CKA_TRUSTED` true.
 ///
 /// PKCS#11 lets only the security officer set `CKA_TRUSTED` to true, so adding a
-/// trust anchor needs the SO PIN and a process that knows only the user PIN cannot
+/// trust anchor needs the SO PIN and a process that has only the user PIN cannot
 /// plant one. Reading the store needs no login, because certificates are public
 /// objects. Removal also needs the SO PIN here, although PKCS#11 itself lets a user
 /// session destroy public objects.

@@ -5,7 +5,7 @@ import Foundation
 import Synchronization
 import TokenStore
 
-/// What a server's certificate request says: the CA names it accepts, the signature
+/// The content of a server's certificate request: the CA names it accepts, the signature
 /// algorithms it accepts and the TLS version of the connection.
 struct CertificateRequestInfo {
     /// DER of each X509_NAME the server listed (TLS 1.2 CertificateRequest or TLS 1.3
@@ -71,7 +71,7 @@ struct CertificateRequestInfo {
 public final class AutomaticSelection: Sendable {
     private struct Candidate {
         let identity: Identity
-        /// DER names of every CA above the certificate that the token knows of.
+        /// DER names of every CA above the certificate that the token contains.
         let chainNames: Set<[UInt8]>
         let mechanisms: Set<UInt>
     }
@@ -86,7 +86,8 @@ public final class AutomaticSelection: Sendable {
     private let openStore: @Sendable () throws -> TokenStore
     private let state = Mutex(State())
 
-    /// `openStore` opens the logged-in store; it runs at most once, on the first certificate request.
+    /// `openStore` opens the logged-in store. It runs on the first certificate request,
+    /// and again on a later one only if it threw.
     public init(openStore: @escaping @Sendable () throws -> TokenStore) {
         self.openStore = openStore
     }

@@ -2,7 +2,7 @@ import CCurl
 import Foundation
 
 extension HTTPClient {
-    /// Turns a failed transfer into an error that says what happened and what to do.
+    /// Turns a failed transfer into an error that names what happened and what to do.
     static func describe(
         _ code: CURLcode, curlMessage: String, request: HTTPRequest, identity: ClientIdentity?, serverVerification: String?
     ) -> TLSError {

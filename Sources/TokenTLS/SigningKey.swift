@@ -7,11 +7,12 @@ import TokenStore
 
 /// A private key object in a token that the OpenSSL provider signs with.
 ///
-/// Contract of the signing path: libssl hashes the handshake transcript in process;
-/// the provider passes the finished digest to `sign`, which runs on the thread that
-/// performs the handshake, borrows a session from the pool (waiting when all are in
-/// use) and makes one `C_SignInit`/`C_Sign` call. When the token is gone or refuses,
-/// the handshake fails and `lastError` says why. Digests and signatures are never logged.
+/// Contract of the signing path: libssl hashes the handshake transcript in process,
+/// and the provider passes the finished digest to `sign`. `sign` runs on the thread
+/// that performs the handshake. It borrows a session from the pool, waiting while all
+/// sessions are in use, and makes one `C_SignInit`/`C_Sign` call. When the token is
+/// gone or refuses, the handshake fails and `lastError` says why. Digests and
+/// signatures are never logged.
 final class SigningKey: Sendable {
     enum KeyKind: Sendable {
         case rsa

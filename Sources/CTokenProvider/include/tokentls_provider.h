@@ -6,7 +6,7 @@
  * signature operations (RSA PKCS#1 v1.5, RSA-PSS, ECDSA). Its keys hold the
  * public half, copied from the certificate, and an opaque 64-bit reference
  * to a token key. libssl hashes the data in process; the provider hands the
- * finished digest to the sign callback, which asks the token to sign it.
+ * finished digest to the sign callback, which has the token sign it.
  *
  * Every algorithm is registered with the property "provider=tokentls" and
  * the default provider is loaded first, so a fetch without a property query
