@@ -165,7 +165,7 @@ public final class Session: @unchecked Sendable {
             $0(handle, CK_OBJECT_HANDLE(object.rawValue), &template, CK_ULONG(template.count))
         }
         let unavailable = CK_ULONG(bitPattern: -1)
-        var buffers: [UnsafeMutableRawPointer?] = template.map { attribute in
+        let buffers: [UnsafeMutableRawPointer?] = template.map { attribute in
             attribute.ulValueLen == unavailable
                 ? nil : UnsafeMutableRawPointer.allocate(byteCount: max(Int(attribute.ulValueLen), 1), alignment: 8)
         }
@@ -196,7 +196,6 @@ public final class Session: @unchecked Sendable {
             let length = Int(attribute.ulValueLen)
             result[UInt(attribute.type)] = Array(UnsafeRawBufferPointer(start: buffer, count: length))
         }
-        buffers = []
         return result
     }
 
