@@ -306,7 +306,7 @@ struct ErrorCaseTests {
         let identity = try store.importIdentity(environment.pfx("client-ec256.pfx"), exportable: true).identity
         let imported = try allObjects(store)
         let existing = environment.root.appendingPathComponent("existing-\(UUID().uuidString).pfx").path
-        FileManager.default.createFile(atPath: existing, contents: Data("keep".utf8))
+        #expect(FileManager.default.createFile(atPath: existing, contents: Data("keep".utf8)))
         let overwrite = try environment.tokentls(
             ["export-pfx", identity.thumbprint, "--out", existing], token: label, environment: ["TOKENTLS_PFX_PASSWORD": "pw"])
         #expect(overwrite.status == 1)
