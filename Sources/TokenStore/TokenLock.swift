@@ -15,9 +15,27 @@ public enum TokenLock {
         case exclusive
     }
 
-    /// Runs `body` while holding the lock of `token` in `mode`.
+    /// Runs `body` while holding the lock of `token` in `mode`. An exclusive lock
+    /// first takes the module-wide lock exclusively too (see `withAllTokens`).
     public static func with<Result>(_ token: Token, _ mode: Mode, _ body: () throws -> Result) throws -> Result {
-        let path = try lockPath(for: token)
+        if mode == .exclusive {
+            return try withAllTokens(.exclusive) {
+                try withFile(try lockPath(for: token), mode, body)
+            }
+        }
+        return try withFile(try lockPath(for: token), mode, body)
+    }
+
+    /// Runs `body` while holding the lock that covers every token in `mode`.
+    ///
+    /// Listing tokens holds it shared, and writers (and token initialisation) hold it
+    /// exclusively, because SoftHSM cannot describe a token whose files another
+    /// process is writing and then leaves it out of the slot list.
+    public static func withAllTokens<Result>(_ mode: Mode, _ body: () throws -> Result) throws -> Result {
+        try withFile(try lockFolder() + "/all-tokens.lock", mode, body)
+    }
+
+    private static func withFile<Result>(_ path: String, _ mode: Mode, _ body: () throws -> Result) throws -> Result {
         let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
             throw TokenStoreError(.file, "cannot open the token lock file \(path): \(String(cString: strerror(errno)))")
@@ -35,6 +53,12 @@ public enum TokenLock {
     /// `$XDG_RUNTIME_DIR/tokentls-locks` (else `/tmp/tokentls-locks-UID`), one file per
     /// token named after its manufacturer, model, serial and label.
     static func lockPath(for token: Token) throws -> String {
+        let folder = try lockFolder()
+        let identity = [token.manufacturer, token.model, token.serial, token.label].joined(separator: "\n")
+        return folder + "/" + hexString(Digest.sha256(Array(identity.utf8)), uppercase: false).prefix(32) + ".lock"
+    }
+
+    private static func lockFolder() throws -> String {
         let environment = ProcessInfo.processInfo.environment
         let folder: String
         if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/"),
@@ -51,7 +75,6 @@ public enum TokenLock {
         guard lstat(folder, &status) == 0, status.st_mode & S_IFMT == S_IFDIR, status.st_uid == getuid() else {
             throw TokenStoreError(.file, "the lock folder \(folder) is not a folder owned by this user: remove it and try again")
         }
-        let identity = [token.manufacturer, token.model, token.serial, token.label].joined(separator: "\n")
-        return folder + "/" + hexString(Digest.sha256(Array(identity.utf8)), uppercase: false).prefix(32) + ".lock"
+        return folder
     }
 }

@@ -2,6 +2,7 @@ import COpenSSL
 import CP11Kit
 import CShims
 import Foundation
+import PKCS11
 import Synchronization
 import TokenStore
 
@@ -84,11 +85,15 @@ public final class AutomaticSelection: Sendable {
     }
 
     private let openStore: @Sendable () throws -> TokenStore
+    private let token: Token?
     private let state = Mutex(State())
 
-    /// `openStore` opens the logged-in store. It runs on the first certificate request,
-    /// and again on a later one only if it threw.
-    public init(openStore: @escaping @Sendable () throws -> TokenStore) {
+    /// `openStore` opens the logged-in store. It runs on the first certificate request
+    /// that some certificate in the token can answer, and again on a later one only if
+    /// it threw. With `token`, the certificates (public objects) are checked first
+    /// without logging in, so a server that no identity fits never causes a PIN prompt.
+    public init(token: Token? = nil, openStore: @escaping @Sendable () throws -> TokenStore) {
+        self.token = token
         self.openStore = openStore
     }
 
@@ -103,15 +108,28 @@ public final class AutomaticSelection: Sendable {
                 report.append("the server listed no certificate authorities, so no client certificate is sent")
                 return nil
             }
-            let candidates = try prepareCandidates(&state)
             let listed = Set(request.authorityNames)
             let accepted = request.authorityDescriptions.joined(separator: "; ")
             let now = Date()
+            if state.candidates == nil, let token {
+                let reasons = try rejectionsBeforeLogin(token, request: request, listed: listed, accepted: accepted, now: now)
+                if let reasons {
+                    report += reasons
+                    report.append(
+                        "no identity in the token fits this server, so no client certificate is sent (no login was needed)")
+                    return nil
+                }
+            }
+            let candidates = try prepareCandidates(&state)
             var eligible: [Candidate] = []
             for candidate in candidates {
                 let certificate = candidate.identity.certificate
                 let name = "\(candidate.identity.thumbprint) (\(certificate.subject))"
-                if let reason = rejection(candidate, request: request, listed: listed, accepted: accepted, now: now) {
+                if let reason = rejection(
+                    certificate, chainNames: candidate.chainNames, mechanisms: candidate.mechanisms, request: request,
+                    listed: listed,
+                    accepted: accepted, now: now)
+                {
                     report.append("skipped \(name): \(reason)")
                 } else {
                     eligible.append(candidate)
@@ -166,11 +184,42 @@ public final class AutomaticSelection: Sendable {
         return candidates
     }
 
-    /// The reason `candidate` cannot serve this request, or nil when it can.
+    /// Checks the token's certificates without logging in. Returns the reason for each
+    /// when none can serve the request, or nil when at least one can.
+    private func rejectionsBeforeLogin(
+        _ token: Token, request: CertificateRequestInfo, listed: Set<[UInt8]>, accepted: String, now: Date
+    ) throws -> [String]? {
+        let certificates = try TokenStore.publicCertificates(on: token)
+        let authorities = (certificates + (try TrustStore(token: token).anchors().map(\.certificate))).filter(\.isCA)
+        let mechanisms = try token.mechanisms()
+        var reasons: [String] = []
+        for certificate in certificates where !certificate.isCA {
+            var names: Set<[UInt8]> = [certificate.issuerDER]
+            var current = certificate
+            var seen: Set<[UInt8]> = []
+            while let issuer = authorities.first(where: { $0.subjectDER == current.issuerDER && !seen.contains($0.der) }) {
+                seen.insert(issuer.der)
+                names.insert(issuer.subjectDER)
+                names.insert(issuer.issuerDER)
+                current = issuer
+            }
+            guard
+                let reason = rejection(
+                    certificate, chainNames: names, mechanisms: mechanisms, request: request, listed: listed, accepted: accepted,
+                    now: now)
+            else {
+                return nil
+            }
+            reasons.append("skipped \(certificate.sha1Thumbprint) (\(certificate.subject)): \(reason)")
+        }
+        return reasons
+    }
+
+    /// Returns the reason `certificate` cannot serve this request, or nil when it can.
     private func rejection(
-        _ candidate: Candidate, request: CertificateRequestInfo, listed: Set<[UInt8]>, accepted: String, now: Date
+        _ certificate: Certificate, chainNames: Set<[UInt8]>, mechanisms: Set<UInt>, request: CertificateRequestInfo,
+        listed: Set<[UInt8]>, accepted: String, now: Date
     ) -> String? {
-        let certificate = candidate.identity.certificate
         let formatter = ISO8601DateFormatter()
         if certificate.notAfter < now {
             return "expired on \(formatter.string(from: certificate.notAfter))"
@@ -181,20 +230,20 @@ public final class AutomaticSelection: Sendable {
         if !certificate.allowsClientAuthentication {
             return "its extended key usage does not allow client authentication"
         }
-        if candidate.chainNames.isDisjoint(with: listed) {
+        if chainNames.isDisjoint(with: listed) {
             return "issued under \(certificate.issuer), which the server does not list (it accepts \(accepted))"
         }
         switch certificate.keyType {
         case .rsa:
-            let pss = candidate.mechanisms.contains(UInt(CKM_RSA_PKCS_PSS)) && request.offersRSAPSS
-            let pkcs1 = candidate.mechanisms.contains(UInt(CKM_RSA_PKCS)) && request.offersRSAPKCS1 && !request.isTLS13
+            let pss = mechanisms.contains(UInt(CKM_RSA_PKCS_PSS)) && request.offersRSAPSS
+            let pkcs1 = mechanisms.contains(UInt(CKM_RSA_PKCS)) && request.offersRSAPKCS1 && !request.isTLS13
             if !pss && !pkcs1 {
-                return request.isTLS13 && !candidate.mechanisms.contains(UInt(CKM_RSA_PKCS_PSS))
+                return request.isTLS13 && !mechanisms.contains(UInt(CKM_RSA_PKCS_PSS))
                     ? "TLS 1.3 needs RSA-PSS, which the token cannot make with this key"
                     : "the server accepts no RSA signature scheme the token can make"
             }
         case .ec:
-            if !(candidate.mechanisms.contains(UInt(CKM_ECDSA)) && request.offersECDSA) {
+            if !(mechanisms.contains(UInt(CKM_ECDSA)) && request.offersECDSA) {
                 return "the server accepts no ECDSA signature the token can make"
             }
         case .other:

@@ -43,6 +43,10 @@ struct TokenOptions {
     /// The token that --token or TOKENTLS_TOKEN names (a label or a pkcs11: URI), or
     /// the only initialised token when neither is set.
     func findToken(_ module: Module) throws -> Token {
+        try TokenLock.withAllTokens(.shared) { try findTokenUnlocked(module) }
+    }
+
+    private func findTokenUnlocked(_ module: Module) throws -> Token {
         guard let token else {
             let initialised = try module.tokens().filter(\.isInitialized)
             if initialised.count == 1 {

@@ -87,7 +87,19 @@ enum IdentityCommands {
             throw UsageError("'remove' needs exactly one THUMBPRINT, got \(parsed.operands.count)")
         }
         let store = try TokenOptions(parsed).openStore()
-        let identity = try store.identity(thumbprint: parsed.operands[0])
+        let identity: Identity
+        do {
+            identity = try store.identity(thumbprint: parsed.operands[0])
+        } catch let error as TokenStoreError where error.kind == .identityNotFound {
+            let anchors = try TrustStore(token: store.token).anchors()
+            if let wanted = bytes(fromHex: parsed.operands[0]), anchors.contains(where: { $0.thumbprint == hexString(wanted) }) {
+                throw CommandError(
+                    .failure,
+                    "\(hexString(wanted)) is a trust anchor in the root store, not an identity: remove it with 'tokentls trust remove'"
+                )
+            }
+            throw error
+        }
         try store.remove(identity)
         output.line("Removed \(identity.thumbprint) (\(identity.certificate.subject)) from token \"\(store.token.label)\"")
     }

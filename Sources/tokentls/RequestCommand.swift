@@ -44,7 +44,7 @@ enum RequestCommand {
             client = HTTPClient(identity: identity)
         } else if let token, !parsed.has("--no-client-certificate") {
             let options = TokenOptions(parsed)
-            let automatic = AutomaticSelection { try options.openStore(on: token) }
+            let automatic = AutomaticSelection(token: token) { try options.openStore(on: token) }
             selection = automatic
             client = HTTPClient(selection: automatic)
         } else {
@@ -95,7 +95,7 @@ enum RequestCommand {
         if body.contains("No required SSL certificate was sent") {
             let hint =
                 identity == nil
-                ? "choose one with --thumbprint or --key-uri"
+                ? "choose one with --thumbprint or --key-uri, or leave out --no-client-certificate"
                 : "the server accepted none of the signature algorithms the token offers (\(identity!.signatureAlgorithms))"
             output.diagnostic("tokentls: note: the server requires a client certificate and none was sent: \(hint)")
         } else if body.contains("The SSL certificate error") {
@@ -124,10 +124,12 @@ enum RequestCommand {
             guard options.token == nil, options.modulePath == nil, !parsed.has("--root-store-only") else {
                 throw error
             }
-            if verbose {
-                output.diagnostic(
-                    "* tokentls: no token in use, so no root store and no automatic selection (\(CommandError.from(error).description))"
-                )
+            let reason = CommandError.from(error).description
+            if reason.contains("several tokens are present") {
+                // Worth saying without -v: the user has tokens, but none is used.
+                output.diagnostic("tokentls: note: no root store and no automatic selection: \(reason)")
+            } else if verbose {
+                output.diagnostic("* tokentls: no token in use, so no root store and no automatic selection (\(reason))")
             }
             return nil
         }
@@ -157,6 +159,14 @@ enum RequestCommand {
         }
         let store = try options.openStore()
         let identity = try thumbprint.map { try store.identity(thumbprint: $0) } ?? store.identity(uri: keyURI!)
+        let certificate = identity.certificate
+        if !certificate.isValid() {
+            let formatter = ISO8601DateFormatter()
+            let period = "\(formatter.string(from: certificate.notBefore)) to \(formatter.string(from: certificate.notAfter))"
+            Output().diagnostic(
+                "tokentls: warning: \(identity.thumbprint) (\(certificate.subject)) is not valid now (valid \(period)); the server will likely reject it"
+            )
+        }
         return try ClientIdentity(store: store, identity: identity)
     }
 

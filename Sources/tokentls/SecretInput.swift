@@ -29,7 +29,8 @@ enum SecretInput {
             if confirm, !typed.isEmpty {
                 guard let again = try promptTerminal("Repeat to confirm: "), again.matches(typed) else {
                     typed.wipe()
-                    throw CommandError(.usage, "the two \(what) entries differ: nothing was changed; run the command again")
+                    throw CommandError(
+                        .usage, "the two entries of the \(what) differ: nothing was changed; run the command again")
                 }
                 again.wipe()
             }
@@ -49,6 +50,14 @@ enum SecretInput {
                 .failure, "cannot read the \(what) file \(path) given to \(fileOption): \(String(cString: strerror(errno)))")
         }
         defer { close(descriptor) }
+        var status = stat()
+        if fstat(descriptor, &status) == 0, status.st_mode & 0o077 != 0 {
+            let mode = String(status.st_mode & 0o777, radix: 8)
+            FileHandle.standardError.write(
+                Data(
+                    "tokentls: warning: the \(what) file \(path) is readable by other users (mode \(mode)): restrict it with chmod 600\n"
+                        .utf8))
+        }
         let capacity = 4096
         let raw = try SecretBytes(count: capacity) { buffer in
             var total = 0

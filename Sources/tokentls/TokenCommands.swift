@@ -41,8 +41,9 @@ enum TokenCommands {
             variable: "TOKENTLS_PIN", file: options.pinFile, prompt: "New user PIN: ", what: "PIN", fileOption: "--pin-file",
             confirm: true)
         defer { userPIN.wipe() }
-        let token = try module.initializeToken(
-            inSlot: free.slot, label: label, securityOfficerPIN: securityOfficerPIN, userPIN: userPIN)
+        let token = try TokenLock.withAllTokens(.exclusive) {
+            try module.initializeToken(inSlot: free.slot, label: label, securityOfficerPIN: securityOfficerPIN, userPIN: userPIN)
+        }
         output.line("Initialised token \"\(token.label)\" (serial \(token.serial))")
         output.line("URI: \(token.uri)")
     }

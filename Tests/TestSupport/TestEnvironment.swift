@@ -66,16 +66,20 @@ public final class TestEnvironment: Sendable {
     /// `CKR_GENERAL_ERROR` for a slot whose token another thread is initialising.
     public func makeToken(_ prefix: String = "test") throws -> TokenStore {
         let token = try tokenCreation.withLock { counter -> Token in
-            counter += 1
-            let label = "\(prefix)-\(counter)"
-            guard let free = try module.tokens().first(where: { !$0.isInitialized }) else {
-                throw TestFailure("SoftHSM offers no free slot")
-            }
-            return try module.initializeToken(
-                inSlot: free.slot, label: label, securityOfficerPIN: SecretBytes(utf8: TestEnvironment.securityOfficerPIN),
-                userPIN: SecretBytes(utf8: TestEnvironment.userPIN))
+            try TokenLock.withAllTokens(.exclusive) { try initializeToken(&counter, prefix) }
         }
         return try TokenStore(token: token, pin: SecretBytes(utf8: TestEnvironment.userPIN))
+    }
+
+    private func initializeToken(_ counter: inout Int, _ prefix: String) throws -> Token {
+        counter += 1
+        let label = "\(prefix)-\(counter)"
+        guard let free = try module.tokens().first(where: { !$0.isInitialized }) else {
+            throw TestFailure("SoftHSM offers no free slot")
+        }
+        return try module.initializeToken(
+            inSlot: free.slot, label: label, securityOfficerPIN: SecretBytes(utf8: TestEnvironment.securityOfficerPIN),
+            userPIN: SecretBytes(utf8: TestEnvironment.userPIN))
     }
 
     /// Decodes a fixture PFX.

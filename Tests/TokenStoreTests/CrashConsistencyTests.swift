@@ -35,7 +35,7 @@ struct CrashConsistencyTests {
 
         // Let the import pass every earlier step, then kill it while it waits at this one.
         let marker = pauseFolder + "/" + step.name
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(120)
         while !FileManager.default.fileExists(atPath: marker) {
             #expect(Date() < deadline, "the import never reached \(step.name)")
             if Date() >= deadline { break }

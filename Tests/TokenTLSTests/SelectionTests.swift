@@ -93,6 +93,22 @@ struct SelectionTests {
         #expect(selection.report.last == "no identity in the token fits this server, so no client certificate is sent")
     }
 
+    @Test("nothing fits, no token login")
+    func nothingFitsWithoutLogin() throws {
+        let store = try environment.makeToken("select-nologin")
+        _ = try store.importIdentity(environment.pfx("client-other.pfx"), exportable: false)
+        let opened = Mutex(false)
+        let selection = AutomaticSelection(token: store.token) {
+            opened.withLock { $0 = true }
+            return store
+        }
+        let response = try HTTPClient(selection: selection).perform(request(server.mtlsPort))
+        #expect(response.status == 400)
+        #expect(opened.withLock { $0 } == false)
+        #expect(selection.report.contains { $0.contains("which the server does not list") })
+        #expect(selection.report.last?.contains("no login was needed") == true)
+    }
+
     @Test("no request, no token login")
     func tlsOnlyServer() throws {
         let opened = Mutex(false)
