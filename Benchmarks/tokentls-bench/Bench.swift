@@ -82,14 +82,15 @@ struct Options {
                 let name = try value(argument)
                 guard ProfileOperation(rawValue: name) != nil else {
                     throw BenchFailure(
-                        "unknown --profile operation \"\(name)\"; use one of: \(ProfileOperation.allCases.map(\.rawValue).joined(separator: ", "))"
+                        "unknown --profile operation \"\(name)\". Use one of: \(ProfileOperation.allCases.map(\.rawValue).joined(separator: ", "))"
                     )
                 }
                 options.profile = name
             case "--sections":
                 let names = try value(argument).split(separator: ",").map(String.init)
                 for name in names where !allSections.contains(name) {
-                    throw BenchFailure("unknown section \"\(name)\" in --sections; use: \(allSections.joined(separator: ","))")
+                    throw BenchFailure(
+                        "unknown section \"\(name)\" in --sections. Use one of: \(allSections.joined(separator: ","))")
                 }
                 options.sections = Set(names)
             case "-h", "--help":
@@ -118,7 +119,7 @@ struct BenchIdentity {
     var keyObject: ObjectHandle { identity.identity.privateKeyObject! }
 }
 
-/// Where a client's private key comes from.
+/// The source of a client's private key.
 enum KeyPlace {
     /// The PEM file, which libcurl reads for every connection.
     case file
@@ -139,9 +140,9 @@ final class Bench {
     let ec: BenchIdentity
     let server: NginxServer
 
-    /// Comparisons of signing: each contender runs `seconds` per round.
+    /// The schedule of the signing comparisons.
     let signingSchedule: Schedule
-    /// Comparisons of handshakes and requests.
+    /// The schedule of the handshake and request comparisons.
     let networkSchedule: Schedule
 
     init(options: Options, environment: BenchEnvironment) throws {
@@ -189,8 +190,8 @@ final class Bench {
 
     var serverCA: String { environment.certificate("server-ca.crt") }
 
-    /// A libcurl client of the mTLS port of `server` (default: the main server) with
-    /// the private key of `identity` in `place`.
+    /// Makes a libcurl client of the mTLS port of `server` (default: the main server)
+    /// with the private key of `identity` in `place`.
     func curlClient(_ identity: BenchIdentity, _ place: KeyPlace, policy: ConnectionPolicy, server: NginxServer? = nil) throws
         -> CurlClient
     {
@@ -211,7 +212,7 @@ final class Bench {
     }
 }
 
-/// Sends `request` with `client` and checks that the server answered 200.
+/// Sends `request` with `client` and checks that the response status is 200.
 func performChecked(_ client: HTTPClient, _ request: HTTPRequest) throws {
     let response = try client.perform(request)
     guard response.status == 200 else {

@@ -15,7 +15,7 @@ struct NginxServer {
     let tlsPort: Int
     let mtlsPort: Int
 
-    /// The mTLS URL that the test server answers with "mTLS Hello World!".
+    /// The URL on the mTLS port where the test server returns "mTLS Hello World!".
     var mtlsURL: String { "https://127.0.0.1:\(mtlsPort)/hello-world.txt" }
 }
 
@@ -73,7 +73,7 @@ final class BenchEnvironment {
         module = try Module.load(path: Module.defaultPath)
     }
 
-    /// The path of a file written by `scripts/make-certs`.
+    /// Returns the path of a file written by `scripts/make-certs`.
     func certificate(_ name: String) -> String {
         certificatesFolder + "/" + name
     }
@@ -204,13 +204,13 @@ final class BenchEnvironment {
     }
 }
 
-/// The 1, 5 and 15 minute load averages from /proc/loadavg.
+/// Returns the 1, 5 and 15 minute load averages from /proc/loadavg.
 func loadAverage() -> String {
     let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
     return text.split(separator: " ").prefix(3).joined(separator: " ")
 }
 
-/// The resident set size of this process (VmRSS of /proc/self/status) in KiB.
+/// Returns the resident set size of this process (VmRSS of /proc/self/status) in KiB.
 func residentKiB() -> Int {
     let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
     for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {

@@ -54,8 +54,8 @@ enum SignatureScheme: CaseIterable {
         }
     }
 
-    /// What `C_Sign` takes for `digest` under `mechanism`: the bare digest, or for
-    /// PKCS#1 v1.5 the DER DigestInfo that wraps it.
+    /// Returns what `C_Sign` takes for `digest` under `mechanism`: the bare digest, or
+    /// for PKCS#1 v1.5 the DER DigestInfo that wraps it.
     func tokenInput(digest: [UInt8]) -> [UInt8] {
         guard self == .rsaPKCS1 else {
             return digest
@@ -188,7 +188,7 @@ final class IdentityFactory {
         X509_free(authorityCertificate)
     }
 
-    /// A PFX (DER) with a new P-256 key and a certificate for it, named after `index`.
+    /// Makes a PFX (DER) with a new P-256 key and a certificate for it, named after `index`.
     /// Certificate `i` expires `30 + i` days from now, so every one is distinct and
     /// the highest index expires last.
     func makePFX(index: Int) throws -> [UInt8] {

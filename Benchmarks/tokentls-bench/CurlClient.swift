@@ -4,7 +4,7 @@ import Foundation
 import TokenStore
 import TokenTLS
 
-/// How the requests of one client use connections.
+/// The connection policy of one client's requests.
 enum ConnectionPolicy {
     /// A new connection and a full handshake for every request: libcurl keeps no
     /// TLS sessions and closes each connection after its request.
@@ -30,7 +30,7 @@ enum ClientCredential {
 /// `SSL_CTX` with the calls and signature algorithms that `ClientIdentity` uses, so
 /// that a comparison with a token identity differs in the key alone.
 final class MemoryIdentity: @unchecked Sendable {
-    // Owned references; only up-referenced into contexts after creation.
+    // Owned references. After creation they are only up-referenced into contexts.
     private let certificate: OpaquePointer
     private let key: OpaquePointer
     private let chain: [OpaquePointer]
@@ -72,7 +72,8 @@ final class MemoryIdentity: @unchecked Sendable {
     }
 }
 
-/// What `CURLOPT_SSL_CTX_FUNCTION` runs for a connection, passed as its data pointer.
+/// The closure that `CURLOPT_SSL_CTX_FUNCTION` runs for each connection. libcurl passes
+/// it back as the callback's data pointer.
 private final class ContextInstaller {
     let install: (OpaquePointer) throws -> Void
     init(_ install: @escaping (OpaquePointer) throws -> Void) { self.install = install }
@@ -148,7 +149,7 @@ final class CurlClient: @unchecked Sendable {
         errorBuffer.deallocate()
     }
 
-    /// Sends one GET and checks that the server answered 200.
+    /// Sends one GET and checks that the response status is 200.
     func get() throws {
         let code = curl_easy_perform(handle)
         guard code == CURLE_OK else {
@@ -167,8 +168,8 @@ final class CurlClient: @unchecked Sendable {
     }
 }
 
-/// The `CURLOPT_SSL_CTX_FUNCTION` of clients with a token or in-memory identity; its
-/// data is the retained `ContextInstaller`.
+/// The `CURLOPT_SSL_CTX_FUNCTION` of clients with a token or in-memory identity. Its
+/// data pointer is the retained `ContextInstaller`.
 private let installIdentity:
     @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> CURLcode = {
         _, sslContext, data in

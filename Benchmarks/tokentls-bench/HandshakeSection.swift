@@ -92,7 +92,7 @@ func runHandshakeSection(_ bench: Bench) throws {
 }
 
 /// Section 3, second part: full handshakes per second on 1, 2 and 4 threads, each
-/// thread with its own libcurl handle; the token threads share one `ClientIdentity`.
+/// thread with its own libcurl handle. The token threads share one `ClientIdentity`.
 func runHandshakeConcurrency(_ bench: Bench, threadCounts: [Int]) throws {
     var contenders: [Contender] = []
     for threads in threadCounts {
@@ -121,11 +121,13 @@ func runHandshakeConcurrency(_ bench: Bench, threadCounts: [Int]) throws {
 func runMemorySection(_ bench: Bench) throws {
     let report = bench.report
     report.beginSection("5. Memory, HTTPClient with the token key, full handshakes")
+
     let checkpoints = bench.options.quick ? [100, 1000] : [100, 1000, 10_000]
     let client = HTTPClient(identity: bench.rsa.identity)
     let request = bench.mtlsRequest
     let signaturesBefore = bench.rsa.identity.signatureCount
     let start = monotonicSeconds()
+
     var done = 0
     var baseline = 0
     for checkpoint in checkpoints {
@@ -133,6 +135,7 @@ func runMemorySection(_ bench: Bench) throws {
             try performChecked(client, request)
             done += 1
         }
+
         let resident = residentKiB()
         if checkpoint == checkpoints[0] {
             baseline = resident
@@ -145,10 +148,11 @@ func runMemorySection(_ bench: Bench) throws {
                 value: Double(resident - baseline) * 1024 / Double(checkpoint - checkpoints[0]), digits: 0)
         }
     }
+
     let elapsed = monotonicSeconds() - start
     report.add("average rate over the whole run", unit: "handshakes/s", value: Double(done) / elapsed)
     report.note(
-        "The token made \(bench.rsa.identity.signatureCount - signaturesBefore) signatures for these \(done) requests; "
-            + "the process had already run the sections before this one.")
+        "The token made \(bench.rsa.identity.signatureCount - signaturesBefore) signatures for these \(done) requests. "
+            + "The process had already run the sections before this one.")
     report.endSection()
 }

@@ -36,6 +36,9 @@ func measureParallelRate(seconds: Double, _ operations: [@Sendable () throws -> 
         var error: Error?
     }
     let shared = Mutex(Shared())
+
+    // Each thread waits for `start`, then works until the deadline that the
+    // main thread stores just before it signals `start`.
     let ready = DispatchGroup()
     let done = DispatchGroup()
     let start = DispatchSemaphore(value: 0)
@@ -50,6 +53,7 @@ func measureParallelRate(seconds: Double, _ operations: [@Sendable () throws -> 
             var count = 0
             var failure: Error?
             var finished = monotonicSeconds()
+
             while finished < end {
                 do {
                     try operation()
@@ -60,6 +64,7 @@ func measureParallelRate(seconds: Double, _ operations: [@Sendable () throws -> 
                 count += 1
                 finished = monotonicSeconds()
             }
+
             shared.withLock { state in
                 state.count += count
                 state.lastEnd = max(state.lastEnd, finished)
@@ -72,6 +77,7 @@ func measureParallelRate(seconds: Double, _ operations: [@Sendable () throws -> 
         thread.stackSize = 1 << 20
         thread.start()
     }
+
     ready.wait()
     let begin = monotonicSeconds()
     deadline.store((begin + seconds).bitPattern, ordering: .releasing)
@@ -79,6 +85,7 @@ func measureParallelRate(seconds: Double, _ operations: [@Sendable () throws -> 
         start.signal()
     }
     done.wait()
+
     let result = shared.withLock { $0 }
     if let error = result.error {
         throw error
@@ -121,7 +128,7 @@ struct ComparisonResult {
         Summary(rates[index(name)])
     }
 
-    /// The rate of `numerator` over the rate of `denominator`, taken within each round.
+    /// Returns the rate of `numerator` over the rate of `denominator`, taken within each round.
     func ratio(_ numerator: String, over denominator: String) -> Summary {
         let top = rates[index(numerator)]
         let bottom = rates[index(denominator)]
@@ -142,10 +149,6 @@ struct Schedule {
     let seconds: Double
     let warmUpSeconds: Double
 
-    /// A schedule whose runs last `factor` times as long.
-    func scaled(_ factor: Double) -> Schedule {
-        Schedule(rounds: rounds, seconds: seconds * factor, warmUpSeconds: warmUpSeconds * factor)
-    }
 }
 
 /// Measures the contenders in turns: every round runs each contender once, and the

@@ -113,7 +113,7 @@ private func writeWithoutImport(_ contents: PFXContents, store: TokenStore) thro
     let id = certificate.keyIdentifier
     let label = contents.friendlyName ?? certificate.sha1Thumbprint
     let ecdsa = withUnsafeBytes(of: CK_MECHANISM_TYPE(CKM_ECDSA)) { Array($0) }
-    // The public point as a DER OCTET STRING; 65 bytes fit the short length form.
+    // The public point as a DER OCTET STRING. Its 65 bytes fit the short length form.
     let point = [0x04, UInt8(key.publicPoint.count)] + key.publicPoint
     try store.pool.withSession { session in
         _ = try session.createObject([

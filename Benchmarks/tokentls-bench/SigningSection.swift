@@ -62,7 +62,7 @@ func runSigningSection(_ bench: Bench) throws {
 }
 
 /// Section 3, first part: RSA-2048 PSS signatures per second on 1, 2 and 4 threads.
-/// The (c) threads share one `ClientIdentity` and so one session pool; each (b)
+/// The (c) threads share one `ClientIdentity` and so one session pool, and each (b)
 /// thread has a session of its own.
 func runSigningConcurrency(_ bench: Bench, threadCounts: [Int]) throws {
     var contenders: [Contender] = []

@@ -3,8 +3,8 @@ import Foundation
 import PKCS11
 
 // Measures TokenTLS: signing, handshakes, concurrency, token size and memory.
-// scripts/bench builds this program in release mode and runs it; docs/benchmarks.md
-// explains the output.
+// scripts/bench builds this program in release mode and runs it, and
+// docs/benchmarks.md explains the output.
 
 let options: Options
 do {

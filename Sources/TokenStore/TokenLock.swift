@@ -1,5 +1,6 @@
 import Foundation
 import PKCS11
+import Synchronization
 
 /// An advisory lock per token, shared by every TokenTLS process of the user.
 ///
@@ -53,12 +54,29 @@ public enum TokenLock {
     /// `$XDG_RUNTIME_DIR/tokentls-locks` (else `/tmp/tokentls-locks-UID`), one file per
     /// token named after its manufacturer, model, serial and label.
     static func lockPath(for token: Token) throws -> String {
-        let folder = try lockFolder()
         let identity = [token.manufacturer, token.model, token.serial, token.label].joined(separator: "\n")
-        return folder + "/" + hexString(Digest.sha256(Array(identity.utf8)), uppercase: false).prefix(32) + ".lock"
+        if let path = paths.withLock({ $0[identity] }) {
+            return path
+        }
+        let path = try lockFolder() + "/" + hexString(Digest.sha256(Array(identity.utf8)), uppercase: false).prefix(32) + ".lock"
+        paths.withLock { $0[identity] = path }
+        return path
     }
 
+    /// Lock file paths by token, computed once: signing takes the lock for every signature.
+    private static let paths = Mutex<[String: String]>([:])
+    private static let checkedFolder = Mutex<String?>(nil)
+
     private static func lockFolder() throws -> String {
+        if let folder = checkedFolder.withLock({ $0 }) {
+            return folder
+        }
+        let folder = try prepareLockFolder()
+        checkedFolder.withLock { $0 = folder }
+        return folder
+    }
+
+    private static func prepareLockFolder() throws -> String {
         let environment = ProcessInfo.processInfo.environment
         let folder: String
         if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/"),

@@ -42,7 +42,12 @@ extension TokenStore {
     /// `certificate`, nearest first.
     public func authorityChain(for certificate: Certificate) throws -> [Certificate] {
         let candidates = try identities().map(\.certificate) + TrustStore(token: token).anchors().map(\.certificate)
-        let authorities = candidates.filter { $0.isCA && $0.der != certificate.der }
+        return TokenStore.authorityChain(for: certificate, among: candidates)
+    }
+
+    /// The CA certificates among `certificates` that issued `certificate`, nearest first.
+    public static func authorityChain(for certificate: Certificate, among certificates: [Certificate]) -> [Certificate] {
+        let authorities = certificates.filter { $0.isCA && $0.der != certificate.der }
         var chain: [Certificate] = []
         var current = certificate
         while current.issuerDER != current.subjectDER,

@@ -168,8 +168,12 @@ public final class AutomaticSelection: Sendable {
         let store = try openStore()
         let tokenMechanisms = try store.token.mechanisms()
         var candidates: [Candidate] = []
-        for identity in try store.identities() where identity.hasPrivateKey {
-            let chain = try store.authorityChain(for: identity.certificate)
+        // One listing serves every chain: listing the token per identity grew with the
+        // square of the identity count.
+        let identities = try store.identities()
+        let known = identities.map(\.certificate) + (try TrustStore(token: store.token).anchors().map(\.certificate))
+        for identity in identities where identity.hasPrivateKey {
+            let chain = TokenStore.authorityChain(for: identity.certificate, among: known)
             var names: Set<[UInt8]> = [identity.certificate.issuerDER]
             for authority in chain {
                 names.insert(authority.subjectDER)
