@@ -47,6 +47,10 @@ func run() throws {
         throw CommandError(.usage, "missing command")
     }
     let rest = Array(arguments.dropFirst())
+    if rest.contains("--help") || rest.contains("-h") {
+        output.line(usage)
+        return
+    }
     switch command {
     case "import-pfx": try IdentityCommands.importPFX(rest, output: output)
     case "list": try IdentityCommands.list(rest, output: output)
