@@ -46,13 +46,13 @@ public struct Token: Sendable, CustomStringConvertible {
         try Session(token: self)
     }
 
-    /// The mechanisms this token supports.
+    /// Returns the mechanisms this token supports.
     public func mechanisms() throws -> Set<UInt> {
         try module.mechanisms(inSlot: slot)
     }
 }
 
-/// Which token to use: any combination of label, serial, manufacturer and model,
+/// A description of the token to use: any combination of label, serial, manufacturer and model,
 /// usually taken from `--token` or a PKCS#11 URI.
 public struct TokenSelector: Sendable, Equatable, CustomStringConvertible {
     public var label: String?

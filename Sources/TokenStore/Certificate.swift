@@ -120,7 +120,7 @@ public struct Certificate: Sendable, Hashable {
         }
     }
 
-    /// Whether `date` lies within the validity period.
+    /// Returns whether `date` lies within the validity period.
     public func isValid(at date: Date = Date()) -> Bool {
         notBefore <= date && date <= notAfter
     }
@@ -154,17 +154,17 @@ public struct Certificate: Sendable, Hashable {
         return result
     }
 
-    /// The subject of an OpenSSL certificate, formatted like `subject`.
+    /// Formats the subject of an OpenSSL certificate like `subject`.
     public static func subjectString(_ x509: OpaquePointer) -> String {
         nameString(X509_get_subject_name(x509))
     }
 
-    /// The issuer of an OpenSSL certificate, formatted like `issuer`.
+    /// Formats the issuer of an OpenSSL certificate like `issuer`.
     public static func issuerString(_ x509: OpaquePointer) -> String {
         nameString(X509_get_issuer_name(x509))
     }
 
-    /// An OpenSSL X509_NAME formatted like `subject`.
+    /// Formats an OpenSSL X509_NAME like `subject`.
     public static func nameString(of name: OpaquePointer) -> String {
         nameString(name)
     }

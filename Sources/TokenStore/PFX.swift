@@ -2,7 +2,7 @@ import COpenSSL
 import CShims
 import PKCS11
 
-/// What a PFX (PKCS#12) file holds: one identity and the CA certificates that came with it.
+/// The contents of a PFX (PKCS#12) file: one identity and the CA certificates that came with it.
 public struct PFXContents: Sendable {
     public let certificate: Certificate
     public let chain: [Certificate]
@@ -18,7 +18,7 @@ public enum PFX {
     ///
     /// Files from OpenSSL 3 (PBES2, AES-256, SHA-256 MAC) decode directly. Legacy
     /// files (RC2-40 and 3DES, SHA-1 MAC) decode through a private OpenSSL library
-    /// context that has the legacy provider loaded; that context is the calling
+    /// context that has the legacy provider loaded. That context is the calling
     /// thread's default only while this function runs, so the rest of the process
     /// never gets legacy algorithms.
     ///

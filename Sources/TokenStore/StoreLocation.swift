@@ -1,7 +1,7 @@
 import Foundation
 import PKCS11
 
-/// Where TokenTLS finds its module and, for the embedded SoftHSM default, its token folder.
+/// The locations of TokenTLS's module and, for the embedded SoftHSM default, its token folder.
 public struct StoreLocation: Sendable {
     public let modulePath: String
     /// The folder of the embedded default (`$XDG_DATA_HOME/tokentls`, else

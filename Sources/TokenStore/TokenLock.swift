@@ -29,7 +29,7 @@ public enum TokenLock {
 
     /// Runs `body` while holding the lock that covers every token in `mode`.
     ///
-    /// Listing tokens holds it shared, and writers (and token initialisation) hold it
+    /// Listing tokens takes it shared, and writers (and token initialisation) take it
     /// exclusively, because SoftHSM cannot describe a token whose files another
     /// process is writing and then leaves it out of the slot list.
     public static func withAllTokens<Result>(_ mode: Mode, _ body: () throws -> Result) throws -> Result {

@@ -6,7 +6,7 @@ extension TokenStore {
     /// Writes the identity as a PFX, for a key imported with `exportable`.
     ///
     /// The key leaves the token only wrapped (`CKM_AES_KEY_WRAP_PAD`) under a session
-    /// key that exists for this call; it is unwrapped in process into a PKCS#8
+    /// key that exists for this call. It is unwrapped in process into a PKCS#8
     /// structure, written into the PFX and wiped. A key with `CKA_EXTRACTABLE` false
     /// is refused before anything is asked of the token.
     public func exportPFX(_ identity: Identity, password: SecretBytes?) throws -> [UInt8] {
@@ -38,14 +38,14 @@ extension TokenStore {
             friendlyName: identity.label.isEmpty ? nil : identity.label)
     }
 
-    /// The CA certificates in the token, trust anchors included, that issued
+    /// Returns the CA certificates in the token, trust anchors included, that issued
     /// `certificate`, nearest first.
     public func authorityChain(for certificate: Certificate) throws -> [Certificate] {
         let candidates = try identities().map(\.certificate) + TrustStore(token: token).anchors().map(\.certificate)
         return TokenStore.authorityChain(for: certificate, among: candidates)
     }
 
-    /// The CA certificates among `certificates` that issued `certificate`, nearest first.
+    /// Returns the CA certificates among `certificates` that issued `certificate`, nearest first.
     public static func authorityChain(for certificate: Certificate, among certificates: [Certificate]) -> [Certificate] {
         let authorities = certificates.filter { $0.isCA && $0.der != certificate.der }
         var chain: [Certificate] = []

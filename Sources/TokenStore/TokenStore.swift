@@ -43,7 +43,7 @@ public final class TokenStore: Sendable {
 
     // MARK: - Listing and lookup
 
-    /// All certificates in the token, each with its key objects when present.
+    /// Lists all certificates in the token, each with its key objects when present.
     public func identities() throws -> [Identity] {
         try TokenLock.with(token, .shared) {
             try pool.withSession { session in
@@ -114,7 +114,7 @@ public final class TokenStore: Sendable {
         }
     }
 
-    /// The identity whose certificate has the SHA-1 `thumbprint` (hex, any case,
+    /// Finds the identity whose certificate has the SHA-1 `thumbprint` (hex, any case,
     /// blanks and colons allowed).
     public func identity(thumbprint: String) throws -> Identity {
         guard let wanted = bytes(fromHex: thumbprint), wanted.count == 20 else {
@@ -131,7 +131,7 @@ public final class TokenStore: Sendable {
         return match
     }
 
-    /// The identity that a PKCS#11 URI names by object label and/or id.
+    /// Finds the identity that a PKCS#11 URI names by object label, id or both.
     public func identity(uri: PKCS11URI) throws -> Identity {
         guard uri.object != nil || uri.id != nil else {
             throw TokenStoreError(

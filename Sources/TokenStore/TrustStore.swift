@@ -18,7 +18,7 @@ public struct TrustStore: Sendable {
         self.token = token
     }
 
-    /// A trust anchor and the object that holds it.
+    /// A trust anchor and the object that contains it.
     public struct Anchor: Sendable {
         public let certificate: Certificate
         public let object: ObjectHandle
@@ -31,7 +31,7 @@ public struct TrustStore: Sendable {
         case alreadyPresent(Certificate)
     }
 
-    /// Every certificate in the token with `CKA_TRUSTED` true.
+    /// Returns every certificate in the token with `CKA_TRUSTED` true.
     public func anchors() throws -> [Anchor] {
         try TokenLock.with(token, .shared) {
             try TrustStore.anchors(try token.openSession())
@@ -163,7 +163,7 @@ public struct TrustStore: Sendable {
 }
 
 extension TokenStore {
-    /// The certificates in `token` that are not trust anchors, read without logging in.
+    /// Reads the certificates in `token` that are not trust anchors, without logging in.
     public static func publicCertificates(on token: Token) throws -> [Certificate] {
         try TokenLock.with(token, .shared) {
             try readPublicCertificates(try token.openSession())

@@ -89,7 +89,7 @@ public final class AutomaticSelection: Sendable {
     private let state = Mutex(State())
 
     /// `openStore` opens the logged-in store. It runs on the first certificate request
-    /// that some certificate in the token can answer, and again on a later one only if
+    /// that some certificate in the token can serve, and again on a later one only if
     /// it threw. With `token`, the certificates (public objects) are checked first
     /// without logging in, so a server that no identity fits never causes a PIN prompt.
     public init(token: Token? = nil, openStore: @escaping @Sendable () throws -> TokenStore) {

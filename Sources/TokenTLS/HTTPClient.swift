@@ -52,7 +52,7 @@ public struct HTTPResponse: Sendable {
     /// The TLS version of the connection, such as "TLSv1.3".
     public let tlsVersion: String?
 
-    /// The value of the last header named `name` (case-insensitive).
+    /// Returns the value of the last header named `name` (case-insensitive).
     public func header(_ name: String) -> String? {
         var value: String?
         for line in String(decoding: rawHeaders, as: UTF8.self).components(separatedBy: "\r\n") {
@@ -71,7 +71,7 @@ public struct HTTPResponse: Sendable {
 /// A client may be used from several threads; each `perform` uses its own curl handle.
 public final class HTTPClient: Sendable {
     public let identity: ClientIdentity?
-    /// Chooses an identity when the server asks for a certificate and `identity` is nil.
+    /// Chooses an identity when the server requests a certificate and `identity` is nil.
     public let selection: AutomaticSelection?
 
     private static let globalInitialization: CURLcode = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
@@ -86,7 +86,7 @@ public final class HTTPClient: Sendable {
     private let lastSelected = Mutex<ClientIdentity?>(nil)
     private let certificateStores = CertificateStoreCache()
 
-    /// A client that picks its identity per connection from the CA names the server sends.
+    /// Creates a client that picks its identity per connection from the CA names the server sends.
     public init(selection: AutomaticSelection) {
         self.identity = nil
         self.selection = selection
@@ -234,7 +234,7 @@ final class Transfer: @unchecked Sendable {
     let request: HTTPRequest
     let selection: AutomaticSelection?
     var selectedIdentity: ClientIdentity?
-    /// Why OpenSSL rejected the server's certificate, naming the certificate and its issuer.
+    /// The reason OpenSSL rejected the server's certificate, naming the certificate and its issuer.
     var serverVerificationFailure: String?
     var headers: [UInt8] = []
     var body: [UInt8] = []
@@ -351,7 +351,7 @@ private func recordServerVerification(_ ok: Int32, _ storeContext: OpaquePointer
     return ok
 }
 
-/// Chooses a client identity when the server asks for a certificate; see `AutomaticSelection`.
+/// Chooses a client identity when the server requests a certificate (see `AutomaticSelection`).
 private func selectCertificate(_ ssl: OpaquePointer?, _ context: UnsafeMutableRawPointer?) -> Int32 {
     guard let ssl, let context else { return 1 }
     let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()

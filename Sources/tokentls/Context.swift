@@ -10,7 +10,7 @@ struct TokenOptions {
     var token: String?
     let pinFile: String?
 
-    /// The settings with the token and module that `uri` names, where it names them.
+    /// Returns the settings with the token and module that `uri` names, where it names them.
     func applying(_ uri: PKCS11URI) -> TokenOptions {
         var copy = self
         var tokenPart = uri
@@ -40,7 +40,7 @@ struct TokenOptions {
         return (try Module.load(path: location.modulePath), location)
     }
 
-    /// The token that --token or TOKENTLS_TOKEN names (a label or a pkcs11: URI), or
+    /// Finds the token that --token or TOKENTLS_TOKEN names (a label or a pkcs11: URI), or
     /// the only initialised token when neither is set.
     func findToken(_ module: Module) throws -> Token {
         try TokenLock.withAllTokens(.shared) { try findTokenUnlocked(module) }
@@ -79,7 +79,7 @@ struct TokenOptions {
         return try TokenStore(token: token, pin: pin)
     }
 
-    /// The user PIN from TOKENTLS_PIN, --pin-file or the terminal; nil for a token
+    /// Reads the user PIN from --pin-file, TOKENTLS_PIN or the terminal; nil for a token
     /// that needs no login.
     func readPIN(for token: Token) throws -> SecretBytes? {
         guard token.isLoginRequired else {

@@ -33,7 +33,7 @@ enum IdentityCommands {
         output.table(header: ["Thumbprint", "Subject"], rows: [[identity.thumbprint, identity.certificate.subject]])
     }
 
-    /// The PFX password from TOKENTLS_PFX_PASSWORD, --password-file or the terminal.
+    /// Reads the PFX password from TOKENTLS_PFX_PASSWORD, --password-file or the terminal.
     /// Without any of them and without a terminal, the file is tried password-less.
     static func readPFXPassword(_ parsed: Arguments, prompt: String) throws -> SecretBytes? {
         if getenv("TOKENTLS_PFX_PASSWORD") == nil, parsed.value("--password-file") == nil {
@@ -144,7 +144,7 @@ enum IdentityCommands {
             _ = try store.exportPFX(identity, password: nil)
             return
         }
-        // An exported PFX holds the private key, so it is never written without a password.
+        // An exported PFX contains the private key, so it is never written without a password.
         let password = try SecretInput.read(
             variable: "TOKENTLS_PFX_PASSWORD", file: parsed.value("--password-file"), prompt: "Password for \(path): ",
             what: "password for the exported PFX", fileOption: "--password-file", confirm: true)

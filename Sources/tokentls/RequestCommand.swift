@@ -72,7 +72,7 @@ enum RequestCommand {
         }
         explain(response, identity: used, output: output)
         if parsed.has("-f", "--fail"), response.status >= 400 {
-            throw CommandError(.httpError, "the server at \(request.url) answered HTTP \(response.status)")
+            throw CommandError(.httpError, "the server at \(request.url) returned HTTP \(response.status)")
         }
         var data = Data()
         if parsed.has("-i", "--include") {
@@ -88,7 +88,7 @@ enum RequestCommand {
         }
     }
 
-    /// Notes on standard error for answers that mean the client certificate was missing or refused.
+    /// Writes notes on standard error for responses that mean the client certificate was missing or refused.
     private static func explain(_ response: HTTPResponse, identity: ClientIdentity?, output: Output) {
         guard response.status == 400 else { return }
         let body = String(decoding: response.body, as: UTF8.self)
@@ -112,7 +112,7 @@ enum RequestCommand {
         }
     }
 
-    /// The token for the root store and automatic selection. Without --token or
+    /// Finds the token for the root store and automatic selection. Without --token or
     /// --module, a machine with no usable token goes on without one: requests then
     /// trust the system CA bundle and --cacert only, and send no client certificate.
     private static func resolveToken(_ parsed: Arguments, verbose: Bool, output: Output) throws -> Token? {
@@ -216,7 +216,7 @@ enum RequestCommand {
         return request
     }
 
-    /// A -d/--data-binary value: text, or the content of FILE for "@FILE".
+    /// Returns a -d/--data-binary value: the text, or the content of FILE for "@FILE".
     private static func data(_ value: String, option: String) throws -> [UInt8] {
         guard value.hasPrefix("@") else {
             return Array(value.utf8)

@@ -55,15 +55,15 @@ public final class TestEnvironment: Sendable {
         module = try Module.load(path: Module.defaultPath)
     }
 
-    /// The path of a file written by `scripts/make-certs`.
+    /// Returns the path of a file written by `scripts/make-certs`.
     public func certificate(_ name: String) -> String {
         certificates.appendingPathComponent(name).path
     }
 
     /// Initialises a new token with a unique label and returns a logged-in store on it.
     ///
-    /// Token creation and lookup hold one lock: SoftHSM answers `C_GetTokenInfo` with
-    /// `CKR_GENERAL_ERROR` for a slot whose token another thread is initialising.
+    /// Token creation and lookup hold one lock, because SoftHSM's `C_GetTokenInfo`
+    /// returns `CKR_GENERAL_ERROR` for a slot whose token another thread is initialising.
     public func makeToken(_ prefix: String = "test") throws -> TokenStore {
         let token = try tokenCreation.withLock { counter -> Token in
             try TokenLock.withAllTokens(.exclusive) { try initializeToken(&counter, prefix) }
@@ -209,12 +209,12 @@ public struct TestFailure: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Every object handle in the token that the logged-in user can see.
+/// Returns every object handle in the token that the logged-in user can see.
 public func allObjects(_ store: TokenStore) throws -> Set<ObjectHandle> {
     try store.pool.withSession { Set(try $0.findObjects([])) }
 }
 
-/// The SHA-1 fingerprint of a PEM certificate file as `openssl x509` prints it, without colons.
+/// Returns the SHA-1 fingerprint of a PEM certificate file as `openssl x509` prints it, without colons.
 public func opensslFingerprint(_ path: String) throws -> String {
     let result = try TestEnvironment.run("/usr/bin/openssl", ["x509", "-in", path, "-noout", "-fingerprint", "-sha1"])
     guard result.status == 0, let value = result.standardOutput.split(separator: "=").last else {

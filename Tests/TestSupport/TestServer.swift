@@ -54,54 +54,49 @@ public final class TestServer: Sendable {
     }
 }
 
+/// Opens a TCP socket bound to a free port of 127.0.0.1, listening when `listening`
+/// is true, and returns it with its port. The caller closes the socket.
+func bindLoopback(listening: Bool) throws -> (descriptor: Int32, port: Int) {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw TestFailure("socket() failed") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ready = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+            bind(descriptor, pointer, length) == 0 && (!listening || listen(descriptor, 16) == 0)
+                && getsockname(descriptor, pointer, &length) == 0
+        }
+    }
+    guard ready else {
+        close(descriptor)
+        throw TestFailure("binding a socket to 127.0.0.1 failed")
+    }
+    return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
+}
+
 /// Ports on 127.0.0.1 that were free a moment ago, found by binding to port 0.
 public func freePorts(_ count: Int) throws -> [Int] {
     var sockets: [Int32] = []
     defer { sockets.forEach { close($0) } }
     var ports: [Int] = []
     for _ in 0..<count {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw TestFailure("socket() failed") }
-        sockets.append(descriptor)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
-                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw TestFailure("bind() to 127.0.0.1:0 failed") }
-        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+        let bound = try bindLoopback(listening: false)
+        sockets.append(bound.descriptor)
+        ports.append(bound.port)
     }
     return ports
 }
 
-/// A TCP listener on 127.0.0.1 that accepts connections and never answers, for timeout tests.
+/// A TCP listener on 127.0.0.1 that accepts connections and never replies, for timeout tests.
 public final class SilentServer: @unchecked Sendable {
     public let port: Int
     private let descriptor: Int32
 
     public init() throws {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        self.descriptor = descriptor
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ready = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
-                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0
-                    && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        port = ready ? Int(UInt16(bigEndian: address.sin_port)) : 0
-        guard ready else {
-            throw TestFailure("listening on 127.0.0.1 failed")
-        }
+        (descriptor, port) = try bindLoopback(listening: true)
     }
 
     deinit {
@@ -116,23 +111,9 @@ public final class ClosingServer: @unchecked Sendable {
     private let descriptor: Int32
 
     public init() throws {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (descriptor, port) = try bindLoopback(listening: true)
         self.descriptor = descriptor
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ready = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
-                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0
-                    && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        port = ready ? Int(UInt16(bigEndian: address.sin_port)) : 0
-        guard ready else {
-            throw TestFailure("listening on 127.0.0.1 failed")
-        }
+        self.port = port
         let thread = Thread {
             var buffer = [UInt8](repeating: 0, count: 64)
             while true {

@@ -141,7 +141,7 @@ struct ExportRefusalTests {
 
         let read = try TestEnvironment.run(
             tool, common + ["--read-object", "--type", "privkey", "--label", "TokenTLS Test Client"], environment: environment)
-        // pkcs11-tool 0.23 answers "reading private keys not (yet) supported" and exits 0,
+        // pkcs11-tool 0.23 prints "reading private keys not (yet) supported" and exits 0,
         // so the check is that no key material came out.
         #expect(!read.standardOutput.contains("PRIVATE KEY"))
         #expect(read.standardOutput.utf8.count < 200)

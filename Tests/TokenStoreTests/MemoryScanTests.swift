@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 import TokenStore
 
-/// After an import, the process holds no copy of the private key: the test scans its
+/// After an import, the process contains no copy of the private key: the test scans its
 /// own readable memory for the key's secret numbers.
 @Suite("Key material in memory")
 struct MemoryScanTests {

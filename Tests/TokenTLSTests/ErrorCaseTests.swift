@@ -6,13 +6,13 @@ import TokenStore
 import TokenTLS
 
 /// The error cases of docs/errors.md that need a special token or server: each checks
-/// the message, the exit status and that the token holds what it held before.
+/// the message, the exit status and that the token contains what it contained before.
 @Suite("Error cases")
 struct ErrorCaseTests {
     let environment = TestEnvironment.shared
     let server = TestServer.shared
 
-    /// The token's visible state, as a user sees it: the listing and any warnings.
+    /// Returns the token's visible state as a user sees it: the listing and any warnings.
     private func snapshot(_ label: String, _ extra: [String: String] = [:]) throws -> String {
         let listed = try environment.tokentls(["list"], token: label, environment: extra)
         return listed.standardOutput + listed.standardError
@@ -88,7 +88,8 @@ struct ErrorCaseTests {
         } else {
             // Other tests create tokens meanwhile, so look for this label only.
             let trimmed = label.trimmingCharacters(in: .whitespaces)
-            #expect(try environment.module.tokens().filter { $0.isInitialized && ($0.label == label || $0.label == trimmed) }.isEmpty)
+            #expect(
+                try environment.module.tokens().filter { $0.isInitialized && ($0.label == label || $0.label == trimmed) }.isEmpty)
         }
     }
 
@@ -169,7 +170,7 @@ struct ErrorCaseTests {
         #expect(try snapshot(label, settings) == before)
     }
 
-    /// A SoftHSM configuration of its own, with one token holding one identity.
+    /// Creates a SoftHSM configuration of its own, with one token that contains one identity.
     private func privateSoftHSM(_ name: String, in base: String? = nil) throws -> (
         configuration: String, tokens: String, label: String
     ) {

@@ -105,7 +105,7 @@ struct RequestCommandTests {
             ], token: nil)
         #expect(failing.status == 6)
         #expect(failing.standardOutput.isEmpty)
-        #expect(failing.standardError.contains("answered HTTP 400"))
+        #expect(failing.standardError.contains("returned HTTP 400"))
     }
 
     @Test("client certificate from an untrusted CA")

@@ -68,7 +68,7 @@ typedef void (*tokentls_release_callback)(uint64_t key_ref);
  * Safe to call more than once and from several threads: later calls return
  * the result of the first call that had a sign callback and ignore their
  * arguments. A call with a NULL sign callback fails and changes nothing.
- * Returns 1 on success, 0 on failure (the OpenSSL error queue says why).
+ * Returns 1 on success, 0 on failure (the OpenSSL error queue contains the reason).
  */
 int tokentls_provider_load(tokentls_sign_callback sign, tokentls_release_callback release);
 
@@ -79,7 +79,7 @@ int tokentls_provider_load(tokentls_sign_callback sign, tokentls_release_callbac
  * which must not be 0.
  * On success the returned key owns key_ref, and release is called for it
  * when the key is freed. On failure it returns NULL, key_ref stays owned by
- * the caller, and the OpenSSL error queue says why.
+ * the caller, and the OpenSSL error queue contains the reason.
  */
 EVP_PKEY *tokentls_provider_new_key(const EVP_PKEY *public_key, uint64_t key_ref);
 
